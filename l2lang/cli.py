@@ -1,0 +1,136 @@
+"""`l2lang check | fmt | explain`: the command line. Every user error exits 1 with a positioned message."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from l2lang.check import check_program
+from l2lang.compose import load_program, read_strategy_file, resolve_target
+from l2lang.diagnostics import L2Error
+from l2lang.explain import explain_text
+from l2lang.model_shape import resolve_shape
+from l2lang.plan import compile_plan
+from l2lang.syntax.format import format_strategy
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except L2Error as exc:
+        if args.debug:
+            raise
+        print(exc.render(), file=sys.stderr)
+        return 1
+    except RecursionError:
+        if args.debug:
+            raise
+        print("error: input is nested too deeply to process", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="l2lang", description="Strategy files for steering how LMs think.")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    check = commands.add_parser("check", help="check strategy files (and their layers, given a model)")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    _model_options(check)
+    _set_option(check)
+    check.set_defaults(handler=run_check)
+
+    fmt = commands.add_parser("fmt", help="rewrite strategy files in canonical form")
+    fmt.add_argument("files", nargs="+", metavar="FILE")
+    fmt.add_argument("--check", action="store_true", help="only report files that are not formatted")
+    fmt.set_defaults(handler=run_fmt)
+
+    explain = commands.add_parser("explain", help="show resolved layers, thresholds and the executor graph")
+    explain.add_argument("file", metavar="FILE")
+    _model_options(explain)
+    _set_option(explain)
+    explain.add_argument("--json", action="store_true", help="print the plan as JSON")
+    explain.set_defaults(handler=run_explain)
+    for sub in (check, fmt, explain):
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return parser
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--layers", type=int, metavar="N", help="the model's number of decoder layers")
+    group.add_argument("--model", metavar="M", help="built-in model alias or local HF folder")
+
+
+def _set_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a param (repeatable); `ns.NAME` for a used file's param")
+
+
+def parse_sets(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise L2Error.one(f"--set {item}: write NAME=VALUE", path="<command line>")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def run_check(args) -> int:
+    shape = resolve_shape(args.model, args.layers)
+    failures: list[L2Error] = []
+    for file in args.files:
+        try:
+            program = load_program(file, parse_sets(args.set))
+            if shape is None:
+                check_program(program)
+            else:
+                plan = compile_plan(program, shape.layers, shape.hidden_size)
+                for warning in plan.warnings:
+                    print(f"{warning} [warning]", file=sys.stderr)
+        except L2Error as exc:
+            failures.append(exc)
+            print(exc.render(), file=sys.stderr)
+            continue
+        where = f" for {shape.name}" if shape else ""
+        print(f"{file}: ok{where} (fingerprint {program.fingerprint})")
+    return 1 if failures else 0
+
+
+def run_fmt(args) -> int:
+    status = 0
+    for file in args.files:
+        path = resolve_target(file, None) if not Path(file).exists() else Path(file)
+        if path is None:
+            raise L2Error.one(f"no such file: {file}", path=file)
+        source, strategy = read_strategy_file(path)
+        formatted = format_strategy(strategy)
+        if formatted == source:
+            continue
+        if args.check:
+            print(f"{file}: would be reformatted", file=sys.stderr)
+            status = 1
+        else:
+            path.write_text(formatted, encoding="utf-8")
+            print(f"{file}: formatted")
+    return status
+
+
+def run_explain(args) -> int:
+    program = load_program(args.file, parse_sets(args.set))
+    shape = resolve_shape(args.model, args.layers)
+    if shape is None:
+        check_program(program)
+        print(explain_text(program, None))
+        return 0
+    plan = compile_plan(program, shape.layers, shape.hidden_size)
+    print(plan.to_json() if args.json else explain_text(program, plan))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,248 @@
+"""Loading strategies and composing them: `use`, namespaces and parameter overrides.
+
+A program is the root file plus every file it `use`s (transitively), each a `Unit` with its own
+namespace. Names in a unit refer to that unit's declarations only; a used unit's rules act where its
+`use` statement stands. Parameter values resolve as: `--set` > `use ... with` > the `param` default.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from l2lang import ir
+from l2lang.diagnostics import L2Error, Span
+from l2lang.resources import shipped_strategies
+from l2lang.syntax.format import expr as format_expr
+from l2lang.syntax.parser import ascii_name, decode_source, parse
+
+MAX_USE_DEPTH = 8
+Value = int | float
+
+
+@dataclass
+class Unit:
+    """One file inside a program."""
+
+    namespace: str  # "" for the root, "alrr." for `use alrr`, "a.b." when nested
+    path: str
+    source: str
+    strategy: ir.Strategy
+    params: dict[str, Value] = field(default_factory=dict)
+    decls: dict[str, ir.Statement] = field(default_factory=dict)
+
+    def error(self, message: str, span: Span | None, hint: str | None = None) -> L2Error:
+        return L2Error.one(message, span, hint=hint, path=self.path, source=self.source)
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.path).resolve().parent
+
+
+@dataclass
+class Program:
+    """The composed strategy: units, and the rules and sequence statements in acting order."""
+
+    units: list[Unit]
+    rules: list[tuple[Unit, ir.Rule | ir.ForRule]]
+    observes: list[tuple[Unit, ir.Observe]]
+    sample: tuple[Unit, ir.Sample] | None
+    select: tuple[Unit, ir.Select] | None
+    overrides: dict[str, Value]
+
+    @property
+    def root(self) -> Unit:
+        return self.units[0]
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of every unit's canonical IR and the resolved parameters: layout never changes it."""
+        parts = [u.namespace + ir.canonical_json(u.strategy) for u in self.units]
+        parts += [f"{u.namespace}{k}={v!r}" for u in self.units for k, v in sorted(u.params.items())]
+        return ir.fingerprint_of(*parts)
+
+
+def read_strategy_file(path: str | Path) -> tuple[str, ir.Strategy]:
+    """Read and parse one file; missing or unreadable files are `L2Error`s."""
+    path = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise L2Error.one(f"cannot read strategy file: {exc.strerror or exc}", path=path) from None
+    source = decode_source(raw, path)
+    return source, parse(source, path)
+
+
+def resolve_target(target: str, base: Path | None) -> Path | None:
+    """A `use` target (or CLI argument) → file: a shipped name, or a `.l2` path."""
+    if target.endswith(".l2"):
+        candidate = Path(target)
+        if not candidate.is_absolute() and base is not None:
+            candidate = base / candidate
+        return candidate if candidate.is_file() else None
+    return shipped_strategies().get(target)
+
+
+def load_program(target: str | Path, overrides: dict[str, str] | None = None) -> Program:
+    """Load a strategy by shipped name or path, with `--set` overrides (`name` or `ns.name`)."""
+    path = resolve_target(str(target), None)
+    if path is None:
+        names = ", ".join(shipped_strategies())
+        raise L2Error.one(f"no strategy file or shipped strategy named {str(target)!r}",
+                          hint=f"shipped strategies: {names}", path=str(target))
+    source, strategy = read_strategy_file(path)
+    return compose(strategy, str(path), source, overrides or {})
+
+
+def compose(strategy: ir.Strategy, path: str, source: str, overrides: dict[str, str]) -> Program:
+    parsed = {_qualified_override(k): _parse_value(k, v) for k, v in overrides.items()}
+    program = Program(units=[], rules=[], observes=[], sample=None, select=None, overrides=parsed)
+    _add_unit(program, Unit("", path, source, strategy), {}, stack=[str(Path(path).resolve())])
+    _check_overrides_used(program)
+    return program
+
+
+def _qualified_override(key: str) -> str:
+    try:
+        return ".".join(ascii_name(part.strip()) for part in key.split("."))
+    except L2Error:
+        raise L2Error.one(f"--set {key}: not a parameter name", path="<command line>") from None
+
+
+def _parse_value(key: str, text: str) -> Value:
+    try:
+        value = float(text)
+    except ValueError:
+        raise L2Error.one(f"--set {key}={text}: the value must be a number", path="<command line>") from None
+    if value != value or abs(value) == float("inf"):
+        raise L2Error.one(f"--set {key}={text}: the value must be finite", path="<command line>")
+    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
+
+
+def constant(expr: ir.Expr, unit: Unit, what: str) -> Value:
+    """Fold a constant expression: numbers, arithmetic and the unit's params declared so far."""
+    match expr:
+        case ir.Num(value=value):
+            return value
+        case ir.Name(name=name) if name in unit.params:
+            return unit.params[name]
+        case ir.Name(name=name):
+            kind = type(unit.decls[name]).__name__.lower() if name in unit.decls else None
+            why = f"`{name}` is a {kind}, not a number" if kind and kind != "param" else \
+                f"`{name}` is not a param declared before this line" if kind else _unknown(name, unit)
+            raise unit.error(f"{what} must be a constant: {why}", expr.span)
+        case ir.Unary(op=op, operand=operand):
+            value = constant(operand, unit, what)
+            return -value if op == "-" else value
+        case ir.Binary(op=op, left=left, right=right):
+            a, b = constant(left, unit, what), constant(right, unit, what)
+            if op == "/" and b == 0:
+                raise unit.error(f"{what}: division by zero", expr.span)
+            result = {"+": a + b, "-": a - b, "*": a * b}[op] if op != "/" else a / b
+            if abs(result) > 1e300:
+                raise unit.error(f"{what}: the value is too large", expr.span)
+            return result
+    raise unit.error(f"{what} must be a constant number, not `{_describe(expr)}`", expr.span)
+
+
+def _unknown(name: str, unit: Unit) -> str:
+    near = difflib.get_close_matches(name, sorted(unit.decls) + ["L"], n=1)
+    return f"unknown name `{name}`" + (f" (did you mean `{near[0]}`?)" if near else "")
+
+
+def _describe(expr: ir.Expr) -> str:
+    return format_expr(expr)
+
+
+def _add_unit(program: Program, unit: Unit, use_overrides: dict[str, Value], stack: list[str]) -> None:
+    program.units.append(unit)
+    _collect_declarations(unit)
+    _resolve_params(unit, use_overrides, program.overrides)
+    for stmt in unit.strategy.statements:
+        match stmt:
+            case ir.Use():
+                _add_used(program, unit, stmt, stack)
+            case ir.Rule() | ir.ForRule():
+                program.rules.append((unit, stmt))
+            case ir.Observe():
+                program.observes.append((unit, stmt))
+            case ir.Sample() | ir.Select():
+                slot = "sample" if isinstance(stmt, ir.Sample) else "select"
+                previous = getattr(program, slot)
+                if previous is not None:
+                    where = f"{previous[0].path}:{previous[1].span.line}" if previous[1].span else previous[0].path
+                    raise unit.error(f"a second `{slot}` statement (the first is at {where})", stmt.span,
+                                     hint=f"a program picks its answers once: keep one `{slot}`")
+                setattr(program, slot, (unit, stmt))
+
+
+def _declared_name(stmt: ir.Statement) -> str | None:
+    if isinstance(stmt, (ir.Param, ir.Threshold, ir.Vector, ir.Bank)):
+        return stmt.name
+    if isinstance(stmt, ir.Use):
+        return stmt.alias or _namespace_of(stmt.target)
+    return None
+
+
+def _collect_declarations(unit: Unit) -> None:
+    for stmt in unit.strategy.statements:
+        name = _declared_name(stmt)
+        if name is None:
+            continue
+        if name == "L":
+            raise unit.error("`L` is the model's number of layers and cannot be declared", stmt.span)
+        if name in unit.decls:
+            first = unit.decls[name].span
+            raise unit.error(f"`{name}` is already declared" + (f" at line {first.line}" if first else ""),
+                             stmt.span, hint="give it another name")
+        unit.decls[name] = stmt
+
+
+def _namespace_of(target: str) -> str:
+    stem = Path(target).stem if target.endswith(".l2") else target
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in stem)
+
+
+def _resolve_params(unit: Unit, use_overrides: dict[str, Value], cli: dict[str, Value]) -> None:
+    for stmt in unit.strategy.statements:
+        if isinstance(stmt, ir.Param):
+            value = constant(stmt.value, unit, f"param `{stmt.name}`")
+            qualified = unit.namespace + stmt.name
+            value = cli.get(qualified, use_overrides.get(stmt.name, value))
+            unit.params[stmt.name] = value
+
+
+def _add_used(program: Program, unit: Unit, stmt: ir.Use, stack: list[str]) -> None:
+    path = resolve_target(stmt.target, unit.directory)
+    if path is None:
+        shipped = list(shipped_strategies())
+        near = difflib.get_close_matches(stmt.target, shipped, n=1)
+        hint = f"did you mean `{near[0]}`?" if near else f"shipped strategies: {', '.join(shipped)}"
+        raise unit.error(f"`use {stmt.target}`: no such strategy file or shipped strategy", stmt.span, hint=hint)
+    resolved = str(path.resolve())
+    if resolved in stack:
+        raise unit.error(f"`use {stmt.target}` makes a cycle: a file cannot use itself", stmt.span)
+    if len(stack) >= MAX_USE_DEPTH:
+        raise unit.error(f"`use` is nested more than {MAX_USE_DEPTH} deep", stmt.span)
+    source, strategy = read_strategy_file(path)
+    namespace = unit.namespace + (stmt.alias or _namespace_of(stmt.target)) + "."
+    child = Unit(namespace, str(path), source, strategy)
+    overrides = {kw.name: constant(kw.value, unit, f"override `{kw.name}`") for kw in stmt.overrides}
+    declared = {s.name for s in strategy.statements if isinstance(s, ir.Param)}
+    for kw in stmt.overrides:
+        if kw.name not in declared:
+            near = difflib.get_close_matches(kw.name, sorted(declared), n=1)
+            raise unit.error(f"`{stmt.target}` has no param `{kw.name}`", kw.span,
+                             hint=f"did you mean `{near[0]}`?" if near else
+                             f"its params: {', '.join(sorted(declared)) or 'none'}")
+    _add_unit(program, child, overrides, stack + [resolved])
+
+
+def _check_overrides_used(program: Program) -> None:
+    known = {u.namespace + name for u in program.units for name in u.params}
+    for key in program.overrides:
+        if key not in known:
+            near = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"did you mean `{near[0]}`?" if near else f"params: {', '.join(sorted(known)) or 'none'}"
+            raise L2Error.one(f"--set {key}: the strategy has no param `{key}`", hint=hint, path="<command line>")

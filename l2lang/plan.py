@@ -1,0 +1,735 @@
+"""Checked program + model shape → the executor graph the runtime runs.
+
+Compiling resolves every layer expression to an index (bounds checked against the model), expands
+`for` rules, folds params and fixed/table/calibrated thresholds into numbers, decides at which layer
+each rule's condition is read and where each action acts, and orders the work per layer (the
+schedule). The plan is plain data: JSON-serialisable and printable by `l2lang explain`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from l2lang import ir
+from l2lang.check import RETRIEVE_OPTIONS, adaptive_options, check_program, names_in, split_steer
+from l2lang.compose import Program, Unit, constant
+from l2lang.diagnostics import Diagnostic, L2Error, Span
+from l2lang.syntax.format import expr as show
+
+PLAN_VERSION = 1
+QUANTILE_KEYS = {0.5: "p50", 0.75: "p75", 0.9: "p90", 0.95: "p95", 0.99: "p99"}
+
+
+class PlanNode(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# ---- expressions: what the runtime evaluates per batch row ----------------------------------------
+
+class Const(PlanNode):
+    kind: Literal["const"] = "const"
+    value: float
+    note: str | None = None  # where a folded threshold came from, e.g. "tau@24"
+
+
+class Observe(PlanNode):
+    """`norm`, `growth` or `cos` of the state after `layer` (pass 0), per row."""
+
+    kind: Literal["observe"] = "observe"
+    observable: Literal["norm", "growth", "cos"]
+    layer: int
+    vector: str | None = None
+
+
+class Reduce(PlanNode):
+    kind: Literal["reduce"] = "reduce"
+    fn: Literal["mean", "max", "min", "sum"]
+    observable: Literal["norm", "growth", "cos"]
+    layers: tuple[int, ...]
+
+
+class PassValue(PlanNode):
+    """The candidate state of a recursion pass: norm, growth, ratio or change."""
+
+    kind: Literal["pass"] = "pass"
+    name: Literal["norm", "growth", "ratio", "change"]
+
+
+class AdaptiveRef(PlanNode):
+    """An adaptive threshold's current value for one estimator (one observable it learns from)."""
+
+    kind: Literal["adaptive"] = "adaptive"
+    threshold: str
+    estimator: int
+
+
+class Arith(PlanNode):
+    kind: Literal["arith"] = "arith"
+    op: Literal["+", "-", "*", "/", "neg"]
+    args: tuple[PlanExpr, ...]
+
+
+class Cmp(PlanNode):
+    kind: Literal["compare"] = "compare"
+    ops: tuple[str, ...]
+    operands: tuple[PlanExpr, ...]
+
+
+class Logic(PlanNode):
+    kind: Literal["logic"] = "logic"
+    op: Literal["and", "or", "not"]
+    operands: tuple[PlanExpr, ...]
+
+
+class StreakOf(PlanNode):
+    """Consecutive decode steps (this one included) on which `condition` held, per request."""
+
+    kind: Literal["streak"] = "streak"
+    slot: int
+    condition: PlanExpr
+
+
+class RateOf(PlanNode):
+    """Fraction of this request's decode steps so far (this one included) on which `condition` held."""
+
+    kind: Literal["rate"] = "rate"
+    slot: int
+    condition: PlanExpr
+
+
+class ChanceOf(PlanNode):
+    """A seeded coin: true with `probability` (per row), drawn per (seed, request, step, slot)."""
+
+    kind: Literal["chance"] = "chance"
+    slot: int
+    probability: PlanExpr
+
+
+PlanExpr = Annotated[
+    Union[Const, Observe, Reduce, PassValue, AdaptiveRef, Arith, Cmp, Logic, StreakOf, RateOf, ChanceOf],
+    Field(discriminator="kind"),
+]
+
+
+# ---- actions, rules, declarations ---------------------------------------------------------------
+
+class RecursePlan(PlanNode):
+    kind: Literal["recurse"] = "recurse"
+    layer: int  # the block's last layer: where the recursion runs
+    first: int
+    passes: int
+    stops: tuple[tuple[Literal["while", "until"], PlanExpr], ...] = ()
+    kv: Literal["frozen", "refresh"] = "frozen"
+    damping: float = 1.0
+    delay: int = 0
+
+
+class SteerPlan(PlanNode):
+    kind: Literal["steer"] = "steer"
+    layer: int
+    mode: Literal["add", "mix"]
+    coefficient: float
+    vector: str | None = None
+    bank: str | None = None
+    min_cos: float | None = None
+    delay: int = 0
+
+
+class SuppressPlan(PlanNode):
+    kind: Literal["suppress"] = "suppress"
+    layer: int
+    mode: Literal["scale", "clamp"]
+    value: float
+    delay: int = 0
+
+
+class StorePlan(PlanNode):
+    kind: Literal["store"] = "store"
+    layer: int
+    bank: str
+    delay: int = 0
+
+
+class MarkPlan(PlanNode):
+    kind: Literal["mark"] = "mark"
+    layer: int
+    label: str
+    delay: int = 0
+
+
+ActionPlan = Annotated[Union[RecursePlan, SteerPlan, SuppressPlan, StorePlan, MarkPlan],
+                       Field(discriminator="kind")]
+
+
+class RulePlan(PlanNode):
+    id: int
+    origin: str  # FILE:LINE of the rule
+    phase: Literal["decode", "prefill", "all"]
+    cooldown: int = 0
+    read_layer: int  # the condition is evaluated once this layer's first pass is done
+    condition: PlanExpr
+    actions: tuple[ActionPlan, ...]
+
+
+class LayerStep(PlanNode):
+    """Work after one decoder layer: evaluate these rules, then apply these actions in order."""
+
+    layer: int
+    evaluate: tuple[int, ...] = ()
+    act: tuple[tuple[int, int], ...] = ()  # (rule id, action index)
+
+
+class ThresholdPlan(PlanNode):
+    name: str
+    source: Literal["fixed", "table", "adaptive", "calibrated"]
+    values: dict[int, float] = {}  # fixed: every layer it is read at; table/calibrated: per layer
+    k: float | None = None
+    warmup: int | None = None
+    scope: Literal["request", "shared"] | None = None
+    sample: Literal["token", "batch"] | None = None
+    iqr_floor: float | None = None
+    profile: str | None = None
+    q: float | None = None
+
+
+class EstimatorPlan(PlanNode):
+    """One online quartile estimator of an adaptive threshold, fed by one observable."""
+
+    id: int
+    threshold: str
+    observable: PlanExpr
+    phase: Literal["decode", "prefill", "all"]
+
+
+class VectorPlan(PlanNode):
+    name: str
+    source: Literal["load", "contrast"]
+    path: str | None = None
+    key: str | None = None
+    positive: tuple[str, ...] = ()
+    negative: tuple[str, ...] = ()
+    layer: int | None = None
+
+
+class SamplePlan(PlanNode):
+    count: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+
+class SelectPlan(PlanNode):
+    mode: Literal["argmax", "argmin", "vote"]
+    metric: Literal["total", "area", "events", "late_area"]
+    layers: tuple[int, ...]
+    thresholds: dict[int, float] = {}
+    late_fraction: float = 0.3
+    per_token: bool = False
+
+
+class Plan(PlanNode):
+    version: int = PLAN_VERSION
+    fingerprint: str
+    source: str
+    layers: int
+    hidden_size: int | None = None
+    params: dict[str, float]
+    thresholds: dict[str, ThresholdPlan] = {}
+    estimators: tuple[EstimatorPlan, ...] = ()
+    vectors: dict[str, VectorPlan] = {}
+    banks: dict[str, int] = {}
+    observe: tuple[int, ...] = ()
+    rules: tuple[RulePlan, ...] = ()
+    schedule: tuple[LayerStep, ...] = ()
+    streak_slots: int = 0
+    rate_slots: int = 0
+    chance_slots: int = 0
+    sample: SamplePlan | None = None
+    select: SelectPlan | None = None
+    warnings: tuple[str, ...] = ()
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+
+for _model in (Arith, Cmp, Logic, StreakOf, RateOf, ChanceOf, RecursePlan, RulePlan, EstimatorPlan, Plan):
+    _model.model_rebuild()
+
+
+# ---- compiling ---------------------------------------------------------------------------------
+
+@dataclass
+class _Context:
+    """Where an expression is being resolved: its unit, loop binding and layer for thresholds."""
+
+    unit: Unit
+    bindings: dict[str, int] = field(default_factory=dict)
+    layer: int | None = None        # the layer thresholds resolve at, outside comparisons
+    pass_layer: int | None = None   # inside `while`/`until`: the recursed block's last layer
+    phase: str = "decode"
+
+
+class Compiler:
+    def __init__(self, program: Program, layers: int, hidden_size: int | None):
+        self.program = program
+        self.L = layers
+        self.hidden = hidden_size
+        self.diagnostics: list[Diagnostic] = []
+        self.warnings: list[str] = []
+        self.thresholds: dict[str, ThresholdPlan] = {}
+        self.estimators: dict[tuple[str, str, str], EstimatorPlan] = {}
+        self.streaks = 0
+        self.rates = 0
+        self.chances = 0
+        self.profiles: dict[str, dict] = {}
+
+    def fail(self, unit: Unit, message: str, span: Span | None, hint: str | None = None) -> L2Error:
+        return L2Error([Diagnostic(message, span, unit.path, unit.source, hint)])
+
+    # -- entry -----------------------------------------------------------------------------------
+    def compile(self) -> Plan:
+        rules: list[RulePlan] = []
+        vectors, banks, observe = {}, {}, set()
+        for unit in self.program.units:
+            for stmt in unit.strategy.statements:
+                try:
+                    if isinstance(stmt, ir.Vector):
+                        vectors[unit.namespace + stmt.name] = self.vector(unit, stmt)
+                    elif isinstance(stmt, ir.Bank):
+                        banks[unit.namespace + stmt.name] = int(constant(stmt.capacity, unit, "bank"))
+                    elif isinstance(stmt, ir.Observe):
+                        observe.update(self.layer_set(_Context(unit), stmt.layers))
+                except L2Error as exc:
+                    self.diagnostics.extend(exc.diagnostics)
+        for unit, stmt in self.program.rules:
+            try:
+                rules.extend(self.rule_instances(unit, stmt, start_id=len(rules)))
+            except L2Error as exc:
+                self.diagnostics.extend(exc.diagnostics)
+        sample = select = None
+        try:
+            sample = self.sample()
+            select = self.select()
+        except L2Error as exc:
+            self.diagnostics.extend(exc.diagnostics)
+        if self.diagnostics:
+            raise L2Error(self.diagnostics)
+        for rule in rules:
+            observe.update(_layers_read(rule.condition))
+        params = {u.namespace + k: float(v) for u in self.program.units for k, v in u.params.items()}
+        return Plan(
+            fingerprint=self.program.fingerprint, source=self.program.root.path, layers=self.L,
+            hidden_size=self.hidden, params=params, thresholds=dict(sorted(self.thresholds.items())),
+            estimators=tuple(self.estimators.values()), vectors=vectors, banks=banks,
+            observe=tuple(sorted(observe)), rules=tuple(rules), schedule=schedule(rules),
+            streak_slots=self.streaks, rate_slots=self.rates, chance_slots=self.chances, sample=sample, select=select,
+            warnings=tuple(self.warnings))
+
+    # -- layers ----------------------------------------------------------------------------------
+    def layer(self, ctx: _Context, expr) -> int:
+        value = self.layer_value(ctx, expr)
+        if not 0 <= value < self.L:
+            raise self.fail(ctx.unit, f"layer {value} (`{show(expr)}`) is out of range: the model has "
+                            f"{self.L} layers, 0..{self.L - 1}", expr.span,
+                            hint="the last layer is `L-1`" if value == self.L else None)
+        return value
+
+    def layer_value(self, ctx: _Context, expr) -> int:
+        match expr:
+            case ir.Num(value=value):
+                if not float(value).is_integer():
+                    raise self.fail(ctx.unit, f"a layer must be a whole number, not {value}", expr.span)
+                return int(value)
+            case ir.Name(name="L"):
+                return self.L
+            case ir.Name(name=name) if name in ctx.bindings:
+                return ctx.bindings[name]
+            case ir.Name(name=name):
+                value = ctx.unit.params.get(name)
+                if value is None or not float(value).is_integer():
+                    raise self.fail(ctx.unit, f"`{name}` is not a whole-number param: it cannot be a layer",
+                                    expr.span)
+                return int(value)
+            case ir.Unary(op=op, operand=operand):
+                value = self.layer_value(ctx, operand)
+                return -value if op == "-" else value
+            case ir.Binary(op=op, left=left, right=right):
+                a, b = self.layer_value(ctx, left), self.layer_value(ctx, right)
+                if op == "/":
+                    if b == 0:
+                        raise self.fail(ctx.unit, "division by zero in a layer", expr.span)
+                    return a // b  # layers round down: L/3 with L = 28 is 9
+                return {"+": a + b, "-": a - b, "*": a * b}[op]
+        raise self.fail(ctx.unit, f"`{show(expr)}` is not a layer", getattr(expr, "span", None))
+
+    def layer_set(self, ctx: _Context, layers: ir.Layers) -> list[int]:
+        out: list[int] = []
+        for span in layers.spans:
+            start = self.layer(ctx, span.start)
+            end = self.layer(ctx, span.end) if span.end is not None else start
+            if end < start:
+                raise self.fail(ctx.unit, f"reversed range {start}..{end} (`{show(span.start)}..{show(span.end)}`)",
+                                span.span, hint=f"write `{end}..{start}`")
+            for layer in range(start, end + 1):
+                if layer not in out:
+                    out.append(layer)
+        return out
+
+    # -- declarations ----------------------------------------------------------------------------
+    def vector(self, unit: Unit, stmt: ir.Vector) -> VectorPlan:
+        name = unit.namespace + stmt.name
+        match stmt.source:
+            case ir.LoadSource(path=path, key=key):
+                file = unit.directory / path
+                shape = self.safetensors_shape(unit, stmt, file, key)
+                if self.hidden is not None and shape[-1] != self.hidden or len(shape) > 1 and \
+                        any(d != 1 for d in shape[:-1]):
+                    raise self.fail(unit, f"vector `{stmt.name}` has shape {list(shape)}; the model's hidden "
+                                    f"size is {self.hidden}", stmt.span)
+                return VectorPlan(name=name, source="load", path=str(file), key=key)
+            case ir.ContrastSource(positive=pos, negative=neg, layer=layer):
+                return VectorPlan(name=name, source="contrast", positive=pos, negative=neg,
+                                  layer=self.layer(_Context(unit), layer))
+        raise TypeError(stmt.source)
+
+    def safetensors_shape(self, unit: Unit, stmt, file: Path, key: str | None) -> tuple[int, ...]:
+        header = read_safetensors_header(file)
+        if header is None:
+            raise self.fail(unit, f"`{file.name}` is missing or is not a safetensors file", stmt.span)
+        tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+        if key is None:
+            if len(tensors) != 1:
+                raise self.fail(unit, f"`{file.name}` holds {len(tensors)} tensors: name one with "
+                                f"`load(\"{file.name}\", \"KEY\")`", stmt.span, hint=f"keys: {', '.join(tensors)}")
+            key = next(iter(tensors))
+        if key not in tensors:
+            near = difflib.get_close_matches(key, list(tensors), n=1)
+            raise self.fail(unit, f"`{file.name}` has no tensor `{key}`", stmt.span,
+                            hint=f"did you mean `{near[0]}`?" if near else f"keys: {', '.join(tensors)}")
+        return tuple(tensors[key].get("shape", ()))
+
+    def threshold(self, ctx: _Context, name: str, layer: int | None, observed: PlanExpr | None, span) -> PlanExpr:
+        unit = ctx.unit
+        stmt = unit.decls[name]
+        qualified = unit.namespace + name
+        source = stmt.source
+        if isinstance(source, ir.AdaptiveSource):
+            options = adaptive_options(unit, source.options)
+            self.thresholds[qualified] = ThresholdPlan(name=qualified, source="adaptive", k=options["k"],
+                                                       warmup=int(options["warmup"]), scope=options["scope"],
+                                                       sample=options["sample"], iqr_floor=options["iqr_floor"])
+            if isinstance(observed, PassValue):  # the candidate's norm learns from pass 0 at that layer
+                observed = Observe(observable="norm", layer=ctx.pass_layer)
+            if observed is None:
+                raise self.fail(unit, f"adaptive threshold `{name}` has no observable to learn from here", span)
+            key = (qualified, observed.model_dump_json(), ctx.phase)
+            if key not in self.estimators:
+                self.estimators[key] = EstimatorPlan(id=len(self.estimators), threshold=qualified,
+                                                     observable=observed, phase=ctx.phase)
+            return AdaptiveRef(threshold=qualified, estimator=self.estimators[key].id)
+        if isinstance(source, ir.FixedSource):
+            value = float(constant(source.value, unit, f"threshold `{name}`"))
+            plan = self.thresholds.get(qualified) or ThresholdPlan(name=qualified, source="fixed")
+            if layer is not None:
+                plan = plan.model_copy(update={"values": {**plan.values, layer: value}})
+            self.thresholds[qualified] = plan
+            return Const(value=value, note=qualified)
+        if layer is None:
+            raise self.fail(unit, f"threshold `{name}` has one value per layer and no layer is known here",
+                            span, hint="compare it with a single `norm[l]`")
+        if isinstance(source, ir.TableSource):
+            table = {self.layer(ctx, k): float(constant(v, unit, "table entry")) for k, v in source.entries}
+            if layer not in table:
+                raise self.fail(unit, f"threshold `{name}` has no entry for layer {layer}", span,
+                                hint=f"its table covers layers {', '.join(map(str, sorted(table)))}")
+            self.thresholds[qualified] = ThresholdPlan(name=qualified, source="table", values=table)
+            return Const(value=table[layer], note=f"{qualified}@{layer}")
+        profile, q = self.profile(unit, stmt, source)
+        values = {int(k): float(v[QUANTILE_KEYS[q]]) for k, v in profile["layers"].items()}
+        self.thresholds[qualified] = ThresholdPlan(name=qualified, source="calibrated", values=values,
+                                                   profile=source.profile, q=q)
+        return Const(value=values[layer], note=f"{qualified}@{layer}")
+
+    def profile(self, unit: Unit, stmt: ir.Threshold, source: ir.CalibratedSource) -> tuple[dict, float]:
+        q = float(next(constant(kw.value, unit, "q") for kw in source.options if kw.name == "q"))
+        if q not in QUANTILE_KEYS:
+            raise self.fail(unit, f"profiles record quantiles {', '.join(map(str, QUANTILE_KEYS))}; "
+                            f"q={q} is not one of them", stmt.span)
+        file = unit.directory / source.profile
+        try:
+            profile = json.loads(file.read_text(encoding="utf-8"))
+            layers = profile["layers"]
+            assert isinstance(layers, dict)
+        except (OSError, ValueError, KeyError, AssertionError, TypeError):
+            raise self.fail(unit, f"`{source.profile}` is missing or is not an l2lang calibration profile",
+                            stmt.span, hint="make one with `l2lang calibrate --model M --out PROFILE`") from None
+        if len(layers) != self.L:
+            raise self.fail(unit, f"`{source.profile}` was recorded on a model with {len(layers)} layers; "
+                            f"this one has {self.L}", stmt.span)
+        return profile, q
+
+    # -- rules -----------------------------------------------------------------------------------
+    def rule_instances(self, unit: Unit, stmt: ir.Rule | ir.ForRule, start_id: int) -> list[RulePlan]:
+        if isinstance(stmt, ir.Rule):
+            return [self.rule(_Context(unit, phase=stmt.phase), stmt, start_id)]
+        out = []
+        for value in self.layer_set(_Context(unit), stmt.layers):
+            ctx = _Context(unit, bindings={stmt.var: value}, phase=stmt.rule.phase)
+            out.append(self.rule(ctx, stmt.rule, start_id + len(out), origin_span=stmt.span))
+        return out
+
+    def rule(self, ctx: _Context, rule: ir.Rule, rule_id: int, origin_span: Span | None = None) -> RulePlan:
+        unit = ctx.unit
+        condition = self.expr(ctx, rule.condition)
+        read = _layers_read(condition)
+        recursions = [a for a in rule.actions if isinstance(a, ir.Recurse)]
+        anchor = None
+        if recursions:
+            anchor = self.layer_set(ctx, recursions[0].layers)[-1]
+        elif read:
+            anchor = max(read)
+        actions: list[ActionPlan] = []
+        for action in rule.actions:
+            actions.extend(self.action(ctx, action, anchor))
+        read_layer = max(read) if read else min(a.layer for a in actions)
+        delayed = []
+        for i, action in enumerate(actions):
+            if action.layer < read_layer:
+                actions[i] = action.model_copy(update={"delay": 1})
+                delayed.append(action)
+        span = origin_span or rule.span
+        origin = f"{unit.path}:{span.line if span else 0}"
+        if delayed:
+            if rule.phase != "decode":
+                raise self.fail(unit, f"the condition is read at layer {read_layer}, after the layer "
+                                f"{delayed[0].layer} this `{rule.phase}` rule acts on", rule.span,
+                                hint="act at or after the layers the condition reads")
+            where = ", ".join(sorted({f"{a.kind} at layer {a.layer}" for a in delayed}))
+            self.warnings.append(f"{origin}: the condition is read at layer {read_layer}, after {where}; "
+                                 "that action applies on the request's next decode step")
+        cooldown = int(constant(rule.cooldown, unit, "cooldown")) if rule.cooldown is not None else 0
+        return RulePlan(id=rule_id, origin=origin, phase=rule.phase, cooldown=cooldown, read_layer=read_layer,
+                        condition=condition, actions=tuple(actions))
+
+    def action(self, ctx: _Context, action, anchor: int | None) -> list[ActionPlan]:
+        unit = ctx.unit
+        if isinstance(action, ir.Recurse):
+            block = self.layer_set(ctx, action.layers)
+            last = block[-1]
+            stop_ctx = _Context(unit, ctx.bindings, layer=last, pass_layer=last, phase=ctx.phase)
+            stops = tuple((s.mode, self.expr(stop_ctx, s.condition)) for s in action.stops)
+            damping = float(constant(action.damping, unit, "damping")) if action.damping is not None else 1.0
+            return [RecursePlan(layer=last, first=block[0], passes=int(constant(action.count, unit, "bound")),
+                                stops=stops, kv=action.kv, damping=damping)]
+        if action.kind == "mark" or action.layers is None:
+            if anchor is None:
+                raise self.fail(unit, f"`{action.kind}` needs a layer: the condition reads none", action.span,
+                                hint=f"add `at LAYER` to the `{action.kind}`")
+            layers = [anchor]
+        else:
+            layers = self.layer_set(ctx, action.layers)
+        out: list[ActionPlan] = []
+        for layer in layers:
+            at = _Context(unit, ctx.bindings, layer=layer, phase=ctx.phase)
+            match action:
+                case ir.Steer(mode=mode, amount=amount):
+                    coefficient, vector = split_steer(amount)
+                    value = self.number(at, coefficient)
+                    if isinstance(vector, ir.Retrieve):
+                        min_cos = dict(RETRIEVE_OPTIONS)
+                        min_cos.update({kw.name: constant(kw.value, unit, "min_cos") for kw in vector.options})
+                        out.append(SteerPlan(layer=layer, mode=mode, coefficient=value,
+                                             bank=unit.namespace + vector.bank, min_cos=min_cos["min_cos"]))
+                    else:
+                        out.append(SteerPlan(layer=layer, mode=mode, coefficient=value,
+                                             vector=unit.namespace + vector.name))
+                case ir.Suppress(mode=mode, value=value):
+                    out.append(SuppressPlan(layer=layer, mode=mode, value=self.number(at, value)))
+                case ir.Store(bank=bank):
+                    out.append(StorePlan(layer=layer, bank=unit.namespace + bank))
+                case ir.Mark(label=label):
+                    out.append(MarkPlan(layer=layer, label=label))
+        return out
+
+    def number(self, ctx: _Context, expr) -> float:
+        resolved = self.expr(ctx, expr)
+        value = _fold(resolved)
+        if value is None:
+            raise self.fail(ctx.unit, f"`{show(expr)}` must be a number here", expr.span)
+        return value
+
+    # -- expressions -----------------------------------------------------------------------------
+    def expr(self, ctx: _Context, expr, observed: PlanExpr | None = None) -> PlanExpr:
+        unit = ctx.unit
+        match expr:
+            case ir.Num(value=value):
+                return Const(value=float(value))
+            case ir.Name(name=name) if name in unit.params:
+                return Const(value=float(unit.params[name]), note=unit.namespace + name)
+            case ir.Name(name=name):
+                layer = _layer_of(observed, ctx)
+                return self.threshold(ctx, name, layer, observed, expr.span)
+            case ir.Unary(op=op, operand=operand):
+                inner = self.expr(ctx, operand, observed)
+                return inner if op == "+" else _simplify(Arith(op="neg", args=(inner,)))
+            case ir.Binary(op=op, left=left, right=right):
+                return _simplify(Arith(op=op, args=(self.expr(ctx, left, observed), self.expr(ctx, right, observed))))
+            case ir.Compare(operands=operands, ops=ops):
+                resolved = [self.expr(ctx, o) if not _reads_threshold(unit, o) else None for o in operands]
+                obs = next((x for r in resolved if r is not None for x in _observed(r)), None)
+                resolved = [r if r is not None else self.expr(ctx, o, obs) for r, o in zip(resolved, operands)]
+                return Cmp(ops=tuple(ops), operands=tuple(resolved))
+            case ir.BoolOp(op=op, operands=operands):
+                return Logic(op=op, operands=tuple(self.expr(ctx, o) for o in operands))
+            case ir.Not(operand=operand):
+                return Logic(op="not", operands=(self.expr(ctx, operand),))
+            case ir.AtLayer(observable=obs, layer=layer, vector=vector):
+                return Observe(observable=obs, layer=self.layer(ctx, layer),
+                               vector=unit.namespace + vector if vector else None)
+            case ir.Aggregate(fn=fn, observable=obs, layers=layers):
+                return Reduce(fn=fn, observable=obs, layers=tuple(self.layer_set(ctx, layers)))
+            case ir.PassObservable(name=name):
+                return PassValue(name=name)
+            case ir.Streak(condition=condition):
+                self.streaks += 1
+                return StreakOf(slot=self.streaks - 1, condition=self.expr(ctx, condition))
+            case ir.Rate(condition=condition):
+                self.rates += 1
+                return RateOf(slot=self.rates - 1, condition=self.expr(ctx, condition))
+            case ir.Chance(probability=p):
+                self.chances += 1
+                return ChanceOf(slot=self.chances - 1, probability=self.expr(ctx, p))
+        raise self.fail(unit, f"`{show(expr)}` cannot be compiled here", getattr(expr, "span", None))
+
+    # -- sequence level --------------------------------------------------------------------------
+    def sample(self) -> SamplePlan | None:
+        if self.program.sample is None:
+            return None
+        unit, stmt = self.program.sample
+        options = {kw.name: constant(kw.value, unit, kw.name) for kw in stmt.options}
+        return SamplePlan(count=int(constant(stmt.count, unit, "sample count")), **options)
+
+    def select(self) -> SelectPlan | None:
+        if self.program.select is None:
+            return None
+        unit, stmt = self.program.select
+        layers = self.layer_set(_Context(unit), stmt.layers)
+        thresholds: dict[int, float] = {}
+        if stmt.metric.args:
+            for layer in layers:
+                thresholds[layer] = self.number(_Context(unit, layer=layer), stmt.metric.args[0])
+        fraction = float(constant(stmt.metric.args[1], unit, "fraction")) if len(stmt.metric.args) > 1 else 0.3
+        return SelectPlan(mode=stmt.mode, metric=stmt.metric.name, layers=tuple(layers), thresholds=thresholds,
+                          late_fraction=fraction, per_token=stmt.per_token)
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+def _children(node: PlanExpr) -> tuple:
+    return getattr(node, "args", ()) or getattr(node, "operands", ()) or \
+        ((node.condition,) if isinstance(node, (StreakOf, RateOf)) else ()) or \
+        ((node.probability,) if isinstance(node, ChanceOf) else ())
+
+
+def _walk(node: PlanExpr):
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        yield item
+        stack.extend(_children(item))
+
+
+def _layers_read(node: PlanExpr) -> set[int]:
+    layers: set[int] = set()
+    for item in _walk(node):
+        if isinstance(item, Observe):
+            layers.add(item.layer)
+        elif isinstance(item, Reduce):
+            layers.update(item.layers)
+    return layers
+
+
+def _observed(node: PlanExpr) -> list:
+    """The observables a compared operand reads (not inside a nested streak)."""
+    out, stack = [], [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (Observe, Reduce, PassValue)):
+            out.append(item)
+        elif not isinstance(item, (StreakOf, RateOf)):
+            stack.extend(_children(item))
+    return out
+
+
+def _layer_of(observed: PlanExpr | None, ctx: _Context) -> int | None:
+    if isinstance(observed, Observe):
+        return observed.layer
+    if isinstance(observed, PassValue):
+        return ctx.pass_layer
+    return ctx.layer if observed is None else None
+
+
+def _reads_threshold(unit: Unit, expr) -> bool:
+    return any(isinstance(unit.decls.get(n.name), ir.Threshold) for n in names_in(expr))
+
+
+def _fold(node: PlanExpr) -> float | None:
+    return node.value if isinstance(node, Const) else None
+
+
+def _simplify(node: Arith) -> PlanExpr:
+    """Fold arithmetic on constants, keeping a note of the thresholds involved."""
+    values = [_fold(a) for a in node.args]
+    if any(v is None for v in values):
+        return node
+    notes = [a.note for a in node.args if isinstance(a, Const) and a.note]
+    if node.op == "neg":
+        value = -values[0]
+    elif node.op == "/":
+        if values[1] == 0:
+            return node  # left to the runtime: x/0 is inf there, and comparisons with it are false
+        value = values[0] / values[1]
+    else:
+        value = {"+": values[0] + values[1], "-": values[0] - values[1], "*": values[0] * values[1]}[node.op]
+    return Const(value=value, note=", ".join(notes) or None)
+
+
+def schedule(rules: list[RulePlan]) -> tuple[LayerStep, ...]:
+    steps: dict[int, dict] = {}
+    for rule in rules:
+        steps.setdefault(rule.read_layer, {"evaluate": [], "act": []})["evaluate"].append(rule.id)
+        for index, action in enumerate(rule.actions):
+            steps.setdefault(action.layer, {"evaluate": [], "act": []})["act"].append((rule.id, index))
+    return tuple(LayerStep(layer=layer, evaluate=tuple(s["evaluate"]), act=tuple(s["act"]))
+                 for layer, s in sorted(steps.items()))
+
+
+def read_safetensors_header(path: Path) -> dict | None:
+    """The JSON header of a safetensors file (8-byte length, then JSON); None if it is not one."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(8)
+            if len(raw) != 8:
+                return None
+            (length,) = struct.unpack("<Q", raw)
+            if length > 100_000_000:
+                return None
+            header = json.loads(handle.read(length))
+    except (OSError, ValueError):
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def compile_plan(program: Program, layers: int, hidden_size: int | None = None) -> Plan:
+    """Check the program, then compile it for a model with `layers` decoder layers."""
+    check_program(program)
+    if layers < 1:
+        raise L2Error.one(f"a model needs at least one layer, not {layers}", path="<command line>")
+    return Compiler(program, layers, hidden_size).compile()
