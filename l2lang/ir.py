@@ -284,6 +284,7 @@ class Store(Node):
 class Mark(Node):
     kind: Literal["mark"] = "mark"
     label: str
+    layers: Layers | None = None
 
 
 Action = Annotated[Union[Recurse, Steer, Suppress, Store, Mark], Field(discriminator="kind")]

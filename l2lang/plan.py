@@ -528,7 +528,7 @@ class Compiler:
             damping = float(constant(action.damping, unit, "damping")) if action.damping is not None else 1.0
             return [RecursePlan(layer=last, first=block[0], passes=int(constant(action.count, unit, "bound")),
                                 stops=stops, kv=action.kv, damping=damping)]
-        if action.kind == "mark" or action.layers is None:
+        if action.layers is None:
             if anchor is None:
                 raise self.fail(unit, f"`{action.kind}` needs a layer: the condition reads none", action.span,
                                 hint=f"add `at LAYER` to the `{action.kind}`")

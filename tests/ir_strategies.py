@@ -57,7 +57,7 @@ ACTIONS = st.one_of(
     st.builds(ir.Steer, mode=st.sampled_from(["add", "mix"]), amount=EXPRS, layers=st.none() | LAYERS),
     st.builds(ir.Suppress, mode=st.sampled_from(["scale", "clamp"]), value=EXPRS, layers=st.none() | LAYERS),
     st.builds(ir.Store, bank=NAMES, layers=st.none() | LAYERS),
-    st.builds(ir.Mark, label=STRINGS),
+    st.builds(ir.Mark, label=STRINGS, layers=st.none() | LAYERS),
 )
 
 RULES = st.builds(ir.Rule, condition=EXPRS, phase=st.sampled_from(["decode", "prefill", "all"]),

@@ -112,8 +112,8 @@ def action(node) -> str:
             return f"suppress {mode} {expr(value)}" + (f" at {layer_set(layers)}" if layers else "")
         case ir.Store(bank=bank, layers=layers):
             return f"store in {bank}" + (f" at {layer_set(layers)}" if layers else "")
-        case ir.Mark(label=label):
-            return f"mark {string(label)}"
+        case ir.Mark(label=label, layers=layers):
+            return f"mark {string(label)}" + (f" at {layer_set(layers)}" if layers else "")
     raise TypeError(type(node).__name__)
 
 

@@ -21,21 +21,10 @@ ACTION_WORDS = {"recurse", "steer", "suppress", "store", "mark"}
 
 # Examples of common mistakes, matched against the parser state of a failure (Lark's
 # `match_examples`): each label becomes a named message with a fix.
+MISSING_SEMICOLON = "missing `;` between two actions of a rule; join actions with `;`"
+UNBOUNDED_RECURSION = ("unbounded recursion: `recurse` needs a bound: `once`, `twice`, `thrice`, `N times` "
+                       "or `up to N times`")
 NAMED_ERRORS: dict[str, tuple[str, list[str]]] = {
-    "missing-semicolon": (
-        "missing `;` between two actions of a rule; join actions with `;`",
-        ['if a < 1 recurse layer 1 once steer 1*v', 'if a < 1 steer 1*v steer 1*v',
-         'if a < 1 mark "x" steer 1*v', 'if a < 1 suppress scale 1 mark "x"',
-         'if a < 1 store in b mark "x"', 'if a < 1 steer 1*v at 3 mark "x"',
-         'if a < 1 recurse layer 1 once kv frozen steer 1*v',
-         'if a < 1 recurse layer 1 twice while x < 1 mark "x"'],
-    ),
-    "unbounded-recursion": (
-        "unbounded recursion: `recurse` needs a bound: `once`, `twice`, `thrice`, `N times` or `up to N times`",
-        ["if a < 1 recurse layer 1\n", "if a < 1 recurse layers 1..2\n", "if a < 1 recurse layer 1",
-         "if a < 1 recurse layer 1 while x < 1", "if a < 1 recurse layers 1..2 kv frozen",
-         "if a < 1 recurse layer 1 ; steer 1*v", "if a < 1 recurse layer 1 until x < 1"],
-    ),
     "threshold-without-source": (
         "threshold has no source: write `= NUMBER`, `= table {LAYER: VALUE, ...}`, `= adaptive(...)` or "
         "`= calibrated(\"profile.json\", q=...)`",
@@ -124,7 +113,12 @@ def _syntax_error(exc: UnexpectedInput, source: str, path: str) -> L2Error:
     if isinstance(exc, UnexpectedToken):
         label = exc.match_examples(_lark().parse, {k: v[1] for k, v in NAMED_ERRORS.items()},
                                    use_accepts=True)
-    if label:
+    expected = (exc.accepts or exc.expected) if isinstance(exc, UnexpectedToken) else set()
+    if isinstance(exc, UnexpectedToken) and str(exc.token) in ACTION_WORDS and "SEMICOLON" in expected:
+        message, hint = MISSING_SEMICOLON, None
+    elif isinstance(exc, UnexpectedToken) and "ONCE" in expected:
+        message, hint = UNBOUNDED_RECURSION, None
+    elif label:
         message, hint = NAMED_ERRORS[label][0], None
     elif isinstance(exc, UnexpectedCharacters):
         char = source[exc.pos_in_stream] if exc.pos_in_stream < len(source) else "?"
@@ -419,7 +413,7 @@ class _ToIR(Transformer):
         return ir.Store(bank=self._name(c[0]), layers=c[1], span=_span(meta))
 
     def mark(self, meta, c):
-        return ir.Mark(label=_string(c[0]), span=_span(meta))
+        return ir.Mark(label=_string(c[0]), layers=c[1], span=_span(meta))
 
     # -- sequence level -------------------------------------------------------------------------
     def sample(self, meta, c):
