@@ -323,6 +323,8 @@ class Compiler:
             raise L2Error(self.diagnostics)
         for rule in rules:
             observe.update(_layers_read(rule.condition))
+        if select is not None:
+            observe.update(select.layers)
         params = {u.namespace + k: float(v) for u in self.program.units for k, v in u.params.items()}
         return Plan(
             fingerprint=self.program.fingerprint, source=self.program.root.path, layers=self.L,
@@ -421,6 +423,9 @@ class Compiler:
         qualified = unit.namespace + name
         source = stmt.source
         if isinstance(source, ir.AdaptiveSource):
+            if ctx.phase != "decode":
+                raise self.fail(unit, f"adaptive threshold `{name}` learns from decode steps: use it in decode "
+                                "rules only", span)
             options = adaptive_options(unit, source.options)
             self.thresholds[qualified] = ThresholdPlan(name=qualified, source="adaptive", k=options["k"],
                                                        warmup=int(options["warmup"]), scope=options["scope"],
@@ -638,7 +643,8 @@ def _children(node: PlanExpr) -> tuple:
         ((node.probability,) if isinstance(node, ChanceOf) else ())
 
 
-def _walk(node: PlanExpr):
+def walk(node: PlanExpr):
+    """Every node of a plan expression (streak, rate and chance arguments included)."""
     stack = [node]
     while stack:
         item = stack.pop()
@@ -648,7 +654,7 @@ def _walk(node: PlanExpr):
 
 def _layers_read(node: PlanExpr) -> set[int]:
     layers: set[int] = set()
-    for item in _walk(node):
+    for item in walk(node):
         if isinstance(item, Observe):
             layers.add(item.layer)
         elif isinstance(item, Reduce):

@@ -1,0 +1,1 @@
+"""Running plans inside Hugging Face generation: adapters, cache views, per-request state, executor."""

@@ -1,0 +1,130 @@
+"""The Python interface: a loaded strategy, attached to a model for the length of a `with` block.
+
+    s = l2lang.load("alrr", warmup=50)
+    with s.attach(model, tokenizer) as run:
+        model.generate(...)
+    run.report()
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from l2lang import plan as P
+from l2lang.compose import Program
+from l2lang.diagnostics import L2Error
+from l2lang.plan import compile_plan
+from l2lang.runtime.adapters import adapt
+from l2lang.runtime.executor import Executor
+
+
+class Strategy:
+    """A checked program, ready to be compiled for a model and attached to it."""
+
+    def __init__(self, program: Program):
+        self.program = program
+
+    @property
+    def fingerprint(self) -> str:
+        return self.program.fingerprint
+
+    def plan_for(self, model: nn.Module) -> P.Plan:
+        adapter = adapt(model)
+        return compile_plan(self.program, adapter.num_layers, adapter.hidden_size)
+
+    def attach(self, model: nn.Module, tokenizer=None, seed: int = 0) -> Run:
+        return Run(self, model, tokenizer, seed)
+
+
+@dataclass
+class Report:
+    """What a run did: interventions per (rule, action, layer), per request, and the costs."""
+
+    fingerprint: str
+    interventions: dict[str, int]
+    requests: list[dict] = field(default_factory=list)
+    extra_layer_passes: int = 0
+    nonfinite_states: int = 0
+
+    def total(self) -> int:
+        return sum(self.interventions.values())
+
+
+class Run:
+    """Hooks installed on entry, removed on exit (also on error): the model is restored exactly."""
+
+    def __init__(self, strategy: Strategy, model: nn.Module, tokenizer, seed: int):
+        self.strategy, self.model, self.tokenizer, self.seed = strategy, model, tokenizer, seed
+        self.adapter = adapt(model)
+        self.plan = compile_plan(strategy.program, self.adapter.num_layers, self.adapter.hidden_size)
+        self.executor: Executor | None = None
+
+    def __enter__(self) -> Run:
+        vectors = {name: self._vector(v) for name, v in self.plan.vectors.items()}
+        eos = self.model.generation_config.eos_token_id if getattr(self.model, "generation_config", None) else None
+        eos_ids = tuple(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+        self.executor = Executor(self.plan, self.model, self.adapter, vectors, self.seed, eos_ids)
+        self.executor.install()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.executor is not None:
+            self.executor.remove()
+
+    def _vector(self, spec: P.VectorPlan) -> torch.Tensor:
+        parameter = next(self.model.parameters())
+        if spec.source == "load":
+            from safetensors.torch import load_file
+
+            tensors = load_file(spec.path)
+            vector = tensors[spec.key] if spec.key else next(iter(tensors.values()))
+        else:
+            vector = contrast_vector(self.model, self.tokenizer, spec)
+        vector = vector.reshape(-1)
+        if vector.numel() != self.adapter.hidden_size:
+            raise L2Error.one(f"vector `{spec.name}` has {vector.numel()} values; the model's hidden size is "
+                              f"{self.adapter.hidden_size}", path=spec.path or "<vector>")
+        return vector.to(device=parameter.device, dtype=parameter.dtype)
+
+    def report(self) -> Report:
+        executor = self.executor
+        counts: Counter[str] = Counter()
+        requests = []
+        for call in executor.history:
+            rows = call["keys"].shape[0]
+            traces = [[] for _ in range(rows)]
+            for step_index, record in enumerate(call["records"]):
+                for (rule_id, action_index), effect in record["effects"].items():
+                    action = executor.rules[rule_id].actions[action_index]
+                    hits = effect.any(dim=-1).cpu()
+                    label = f"{action.kind}@{action.layer}"
+                    counts[label] += int(effect.sum())
+                    for row in hits.nonzero().flatten().tolist():
+                        traces[row].append({"step": step_index, "phase": record["phase"], "rule": rule_id,
+                                            "action": action.kind, "layer": action.layer})
+            requests.extend({"interventions": trace} for trace in traces)
+        passes = sum(call["state"].extra_layer_passes for call in executor.history)
+        return Report(self.strategy.fingerprint, dict(sorted(counts.items())), requests, passes,
+                      executor.warn_nonfinite())
+
+
+@torch.no_grad()
+def contrast_vector(model: nn.Module, tokenizer, spec: P.VectorPlan) -> torch.Tensor:
+    """Mean last-token state after `spec.layer` over the positive prompts minus over the negative ones."""
+    if tokenizer is None:
+        raise L2Error.one(f"vector `{spec.name}` is derived from prompts: attach with a tokenizer",
+                          path="<vector>")
+
+    def mean_state(prompts: tuple[str, ...]) -> torch.Tensor:
+        states = []
+        for prompt in prompts:
+            ids = tokenizer(prompt, return_tensors="pt").input_ids.to(next(model.parameters()).device)
+            out = model(ids, output_hidden_states=True, use_cache=False)
+            states.append(out.hidden_states[spec.layer + 1][0, -1].float())
+        return torch.stack(states).mean(dim=0)
+
+    return mean_state(spec.positive) - mean_state(spec.negative)

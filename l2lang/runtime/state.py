@@ -1,0 +1,140 @@
+"""Per-request state as tensors over the batch: quartile estimators, seeded coins, state banks.
+
+Nothing here loops over rows in Python: every update is a masked tensor operation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_MASK64 = (1 << 64) - 1
+
+
+def _signed(value: int) -> int:
+    value &= _MASK64
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+_GOLDEN = _signed(0x9E3779B97F4A7C15)
+_MIX1 = _signed(0xBF58476D1CE4E5B9)
+_MIX2 = _signed(0x94D049BB133111EB)
+
+
+def _shift(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's `>>` is arithmetic)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def mix64(x: torch.Tensor) -> torch.Tensor:
+    """splitmix64's finaliser; int64 arithmetic wraps, as the algorithm needs."""
+    x = (x ^ _shift(x, 30)) * _MIX1
+    x = (x ^ _shift(x, 27)) * _MIX2
+    return x ^ _shift(x, 31)
+
+
+def request_keys(input_ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """A key per row from its prompt tokens (independent of padding and batch position).
+
+    Rows with identical prompts (e.g. `num_return_sequences`) are told apart by their order.
+    """
+    rows, width = input_ids.shape
+    distance = torch.arange(width - 1, -1, -1, device=input_ids.device)  # from the end: padding-proof
+    weights = mix64(distance.to(torch.int64) + _GOLDEN)
+    tokens = mix64(input_ids.to(torch.int64) + 1)
+    key = mix64((tokens * weights * valid.to(torch.int64)).sum(dim=1) + valid.sum(dim=1))
+    same = key[:, None] == key[None, :]
+    ordinal = torch.tril(same, diagonal=-1).sum(dim=1)
+    return mix64(key + ordinal * _GOLDEN)
+
+
+def uniform(seed: int, keys: torch.Tensor, step: int, slot: int) -> torch.Tensor:
+    """One uniform draw in [0, 1) per row, determined by (seed, request key, step, slot)."""
+    salt = mix64(torch.tensor([_signed(seed * 1_000_003 + step * 7919 + slot * 104_729)], device=keys.device))
+    bits = mix64(keys ^ salt)
+    return _shift(bits, 11).to(torch.float64) * (2.0 ** -53)
+
+
+class Quartiles:
+    """P² estimator of the quartiles (markers at 0, ¼, ½, ¾, 1) for many streams at once."""
+
+    PROBS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+    def __init__(self, streams: int, device: torch.device):
+        self.count = torch.zeros(streams, dtype=torch.int64, device=device)
+        self.heights = torch.zeros(streams, 5, dtype=torch.float64, device=device)
+        self.positions = torch.arange(1, 6, dtype=torch.float64, device=device).repeat(streams, 1)
+        self.desired = self.positions.clone()
+        self.step = torch.tensor(self.PROBS, dtype=torch.float64, device=device)
+
+    def add(self, value: torch.Tensor, mask: torch.Tensor) -> None:
+        """Absorb `value[i]` into stream i where `mask[i]` (and the value is finite)."""
+        x = value.to(torch.float64)
+        mask = mask & torch.isfinite(x)
+        x = torch.where(mask, x, torch.zeros_like(x))
+        filling = mask & (self.count < 5)
+        slot = self.count.clamp(max=4)
+        filled = self.heights.scatter(1, slot[:, None], x[:, None])
+        self.heights = torch.where(filling[:, None], filled, self.heights)
+        just_full = filling & (self.count == 4)
+        self.heights = torch.where(just_full[:, None], self.heights.sort(dim=1).values, self.heights)
+        self._update(x, mask & (self.count >= 5))
+        self.count = self.count + mask.to(torch.int64)
+
+    def _update(self, x: torch.Tensor, mask: torch.Tensor) -> None:
+        q, n = self.heights, self.positions
+        q0 = torch.where(mask & (x < q[:, 0]), x, q[:, 0])
+        q4 = torch.where(mask & (x > q[:, 4]), x, q[:, 4])
+        q = torch.cat([q0[:, None], q[:, 1:4], q4[:, None]], dim=1)
+        cell = (x[:, None] >= q[:, 1:4]).sum(dim=1)  # 0..3: the cell x falls in
+        above = torch.arange(5, device=x.device)[None, :] > cell[:, None]
+        n = n + (above & mask[:, None]).to(n.dtype)
+        desired = self.desired + self.step[None, :] * mask[:, None].to(n.dtype)
+        for i in (1, 2, 3):
+            d = desired[:, i] - n[:, i]
+            move = mask & (((d >= 1) & (n[:, i + 1] - n[:, i] > 1)) | ((d <= -1) & (n[:, i - 1] - n[:, i] < -1)))
+            sign = torch.sign(d)
+            parabolic = q[:, i] + sign / (n[:, i + 1] - n[:, i - 1]) * (
+                (n[:, i] - n[:, i - 1] + sign) * (q[:, i + 1] - q[:, i]) / (n[:, i + 1] - n[:, i])
+                + (n[:, i + 1] - n[:, i] - sign) * (q[:, i] - q[:, i - 1]) / (n[:, i] - n[:, i - 1]))
+            neighbour = torch.where(sign > 0, q[:, i + 1], q[:, i - 1])
+            neighbour_n = torch.where(sign > 0, n[:, i + 1], n[:, i - 1])
+            linear = q[:, i] + sign * (neighbour - q[:, i]) / (neighbour_n - n[:, i])
+            inside = (q[:, i - 1] < parabolic) & (parabolic < q[:, i + 1])
+            new = torch.where(inside, parabolic, linear)
+            q = q.clone()
+            q[:, i] = torch.where(move, new, q[:, i])
+            n = n.clone()
+            n[:, i] = torch.where(move, n[:, i] + sign, n[:, i])
+        self.heights = torch.where(mask[:, None], q, self.heights)
+        self.positions = torch.where(mask[:, None], n, self.positions)
+        self.desired = torch.where(mask[:, None], desired, self.desired)
+
+    def threshold(self, k: float, iqr_floor: float, warmup: int) -> torch.Tensor:
+        """Q3 + k·max(IQR, floor) per stream; NaN until `warmup` values were absorbed."""
+        q1, q3 = self.heights[:, 1], self.heights[:, 3]
+        value = q3 + k * torch.clamp(q3 - q1, min=iqr_floor)
+        return torch.where(self.count >= warmup, value, torch.full_like(value, float("nan")))
+
+
+class Bank:
+    """Top-K states by norm, per row, for one (bank, layer)."""
+
+    def __init__(self, rows: int, capacity: int, hidden: int, dtype: torch.dtype, device: torch.device):
+        self.states = torch.zeros(rows, capacity, hidden, dtype=dtype, device=device)
+        self.norms = torch.full((rows, capacity), float("-inf"), device=device)
+
+    def offer(self, state: torch.Tensor, norm: torch.Tensor, mask: torch.Tensor) -> None:
+        """Keep `state` for rows in `mask` whose norm beats the bank's smallest (ties keep the old)."""
+        weakest = self.norms.argmin(dim=1)
+        take = mask & (norm > self.norms.gather(1, weakest[:, None]).squeeze(1))
+        slot = torch.nn.functional.one_hot(weakest, self.norms.shape[1]).bool() & take[:, None]
+        self.norms = torch.where(slot, norm[:, None], self.norms)
+        self.states = torch.where(slot[:, :, None], state[:, None, :], self.states)
+
+    def nearest(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The banked state with the highest cosine to `state`, per row, and that cosine (-inf if empty)."""
+        cos = torch.nn.functional.cosine_similarity(self.states.float(), state.float()[:, None, :], dim=-1)
+        cos = torch.where(torch.isfinite(self.norms), cos, torch.full_like(cos, float("-inf")))
+        best = cos.argmax(dim=1)
+        chosen = self.states.gather(1, best[:, None, None].expand(-1, 1, self.states.shape[-1])).squeeze(1)
+        return chosen, cos.gather(1, best[:, None]).squeeze(1)
