@@ -48,13 +48,31 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--check", action="store_true", help="only report files that are not formatted")
     fmt.set_defaults(handler=run_fmt)
 
+    run = commands.add_parser("run", help="generate with a strategy attached")
+    run.add_argument("strategy", metavar="STRATEGY")
+    run.add_argument("--model", default=None, metavar="M", help="alias, HF folder, .gguf file or hub id "
+                     "(default: smollm2-135m)")
+    prompts = run.add_mutually_exclusive_group(required=True)
+    prompts.add_argument("--prompt", metavar="TEXT")
+    prompts.add_argument("--prompts", metavar="FILE.jsonl", help='one {"prompt": ...} per line')
+    run.add_argument("--max-new-tokens", type=int, default=64, metavar="N")
+    run.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0: greedy (default)")
+    run.add_argument("--top-p", type=float, default=None, metavar="P")
+    run.add_argument("--top-k", type=int, default=None, metavar="K")
+    run.add_argument("--seed", type=int, default=0, metavar="S")
+    run.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                     help="apply the tokenizer's chat template (default: when it has one)")
+    run.add_argument("--json", action="store_true", help="print outputs and manifest as one JSON object")
+    _set_option(run)
+    run.set_defaults(handler=run_generate)
+
     explain = commands.add_parser("explain", help="show resolved layers, thresholds and the executor graph")
     explain.add_argument("file", metavar="FILE")
     _model_options(explain)
     _set_option(explain)
     explain.add_argument("--json", action="store_true", help="print the plan as JSON")
     explain.set_defaults(handler=run_explain)
-    for sub in (check, fmt, explain):
+    for sub in (check, fmt, explain, run):
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
@@ -130,6 +148,12 @@ def run_explain(args) -> int:
     plan = compile_plan(program, shape.layers, shape.hidden_size)
     print(plan.to_json() if args.json else explain_text(program, plan))
     return 0
+
+
+def run_generate(args) -> int:
+    from l2lang.runtime.cli_run import run_command  # torch and transformers load only for `run`
+
+    return run_command(args, parse_sets(args.set))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,76 @@
+"""`l2lang run`: load a model, attach a strategy, generate, print texts and where the strategy acted."""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+from l2lang.compose import load_program
+from l2lang.diagnostics import L2Error
+from l2lang.runtime.generate import generate
+from l2lang.runtime.models import DEFAULT_MODEL, load_model
+from l2lang.runtime.session import Strategy
+
+
+def read_prompts(args) -> list[str]:
+    if args.prompt is not None:
+        return [args.prompt]
+    path = Path(args.prompts)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeError) as exc:
+        raise L2Error.one(f"cannot read prompts: {exc}", path=str(path)) from None
+    prompts = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            prompts.append(str(item["prompt"]))
+        except (ValueError, KeyError, TypeError):
+            raise L2Error.one('each line must be a JSON object with a "prompt"', path=f"{path}:{number}") from None
+    if not prompts:
+        raise L2Error.one("no prompts in the file", path=str(path))
+    return prompts
+
+
+def run_command(args, overrides: dict[str, str]) -> int:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    strategy = Strategy(load_program(args.strategy, overrides))
+    prompts = read_prompts(args)
+    loaded = load_model(args.model or DEFAULT_MODEL)
+    kwargs = {"max_new_tokens": args.max_new_tokens}
+    if args.temperature > 0:
+        kwargs.update(do_sample=True, temperature=args.temperature)
+        if args.top_p is not None:
+            kwargs["top_p"] = args.top_p
+        if args.top_k is not None:
+            kwargs["top_k"] = args.top_k
+    elif args.top_p is not None or args.top_k is not None:
+        raise L2Error.one("--top-p/--top-k need sampling: add --temperature T (T > 0)", path="<command line>")
+    result = generate(loaded.model, loaded.tokenizer, strategy, prompts, seed=args.seed, chat=args.chat, **kwargs)
+    plan = result.plan
+    manifest = {
+        "fingerprint": plan.fingerprint, "strategy": str(args.strategy), "model": loaded.model_id,
+        "weights_sha256": loaded.weights_sha256, "seed": args.seed, "layers": plan.layers,
+        "params": plan.params, "thresholds": {k: v.model_dump(exclude_none=True) for k, v in plan.thresholds.items()},
+        "generation": kwargs, "interventions": result.report.interventions,
+        "extra_layer_passes": result.report.extra_layer_passes,
+        "versions": {name: version(name) for name in ("l2lang", "torch", "transformers")},
+    }
+    if args.json:
+        outputs = [{"prompt": p, **o} for p, o in zip(prompts, result.outputs)]
+        json.dump({"outputs": outputs, "manifest": manifest}, sys.stdout, indent=2)
+        print()
+        return 0
+    for prompt, output, request in zip(prompts, result.outputs, result.report.requests):
+        print(f"> {prompt}\n{output['text'].strip()}\n")
+    fired = ", ".join(f"{k}: {v}" for k, v in result.report.interventions.items() if v) or "nowhere"
+    print(f"strategy {args.strategy} ({plan.fingerprint}) on {loaded.model_id}, {plan.layers} layers")
+    print(f"fired: {fired}")
+    return 0
