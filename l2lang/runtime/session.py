@@ -83,7 +83,7 @@ class Run:
             tensors = load_file(spec.path)
             vector = tensors[spec.key] if spec.key else next(iter(tensors.values()))
         else:
-            vector = contrast_vector(self.model, self.tokenizer, spec)
+            vector = contrast_vector(self.model, self.adapter, self.tokenizer, spec)
         vector = vector.reshape(-1)
         if vector.numel() != self.adapter.hidden_size:
             raise L2Error.one(f"vector `{spec.name}` has {vector.numel()} values; the model's hidden size is "
@@ -113,18 +113,29 @@ class Run:
 
 
 @torch.no_grad()
-def contrast_vector(model: nn.Module, tokenizer, spec: P.VectorPlan) -> torch.Tensor:
-    """Mean last-token state after `spec.layer` over the positive prompts minus over the negative ones."""
+def contrast_vector(model: nn.Module, adapter, tokenizer, spec: P.VectorPlan) -> torch.Tensor:
+    """Mean last-token state after `spec.layer` over the positive prompts minus over the negative ones.
+
+    The state is caught with a temporary hook of our own (not `output_hidden_states`, which makes
+    transformers install permanent hooks of its own).
+    """
     if tokenizer is None:
         raise L2Error.one(f"vector `{spec.name}` is derived from prompts: attach with a tokenizer",
                           path="<vector>")
+    caught: list[torch.Tensor] = []
+
+    def catch(module, args, output):
+        caught.append((output[0] if isinstance(output, tuple) else output)[0, -1].float())
 
     def mean_state(prompts: tuple[str, ...]) -> torch.Tensor:
-        states = []
+        caught.clear()
         for prompt in prompts:
             ids = tokenizer(prompt, return_tensors="pt").input_ids.to(next(model.parameters()).device)
-            out = model(ids, output_hidden_states=True, use_cache=False)
-            states.append(out.hidden_states[spec.layer + 1][0, -1].float())
-        return torch.stack(states).mean(dim=0)
+            model(ids, use_cache=False)
+        return torch.stack(caught).mean(dim=0)
 
-    return mean_state(spec.positive) - mean_state(spec.negative)
+    handle = adapter.layers[spec.layer].register_forward_hook(catch)
+    try:
+        return mean_state(spec.positive) - mean_state(spec.negative)
+    finally:
+        handle.remove()

@@ -1,0 +1,195 @@
+"""Run-time semantics on tiny real models of every supported family (docs/semantics.md)."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from l2lang import L2Error, load_program
+from l2lang.runtime.session import Strategy
+from tests.tiny_models import FAMILIES, tiny_model, tiny_tokenizer
+
+CARD = Path(__file__).parents[1] / "examples" / "card.l2"
+TOKENIZER = tiny_tokenizer()
+
+
+@functools.cache
+def model(family: str, layers: int = 28):
+    return tiny_model(family, layers)
+
+
+def strategy(text_or_name: str, tmp: Path | None = None, **params) -> Strategy:
+    if tmp is not None:
+        path = tmp / "s.l2"
+        path.write_text(text_or_name, encoding="utf-8")
+        text_or_name = str(path)
+    return Strategy(load_program(text_or_name, {k: str(v) for k, v in params.items()}))
+
+
+def batch(prompts: list[list[int]]) -> dict:
+    width = max(map(len, prompts))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def generate(m, inputs: dict, s: Strategy | None = None, seed: int = 0, **kwargs):
+    kwargs = {"max_new_tokens": 10, "do_sample": False, "pad_token_id": 0, **kwargs}
+    torch.manual_seed(seed)
+    if s is None:
+        return m.generate(**inputs, **kwargs), None
+    with s.attach(m, TOKENIZER, seed=seed) as run:
+        out = m.generate(**inputs, **kwargs)
+    return out, run.report()
+
+
+PROMPTS = st.lists(st.lists(st.integers(3, 258), min_size=1, max_size=9), min_size=1, max_size=3)
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.sampled_from(FAMILIES), PROMPTS, st.integers(0, 2**16), st.booleans())
+def test_a_strategy_that_never_fires_reproduces_plain_generate(family, prompts, seed, sample) -> None:
+    m, inputs = model(family), batch(prompts)
+    kwargs = {"do_sample": True, "top_k": 20} if sample else {}
+    plain, _ = generate(m, inputs, seed=seed, **kwargs)
+    never, report = generate(m, inputs, strategy(str(CARD), tau=0), seed=seed, **kwargs)
+    assert torch.equal(plain, never)
+    assert report.total() == 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("name,params", [
+    (str(CARD), {"tau": 1e9}),
+    ("erss", {"warmup": 5, "streak_length": 2, "p": 1, "cool": 0}),
+    ("suppress-random", {"warmup": 5}),
+])
+def test_batched_with_left_padding_equals_one_request_at_a_time(family, name, params) -> None:
+    m, s = model(family), strategy(name, **params)
+    prompts = [[5, 9, 40], [7, 7, 7, 7, 7, 7, 8], [100, 3, 250, 17, 60]]
+    inputs = batch(prompts)
+    together, report = generate(m, inputs, s)
+    width = inputs["input_ids"].shape[1]
+    for row, prompt in enumerate(prompts):
+        alone, _ = generate(m, batch([prompt]), s)
+        assert torch.equal(together[row, width:], alone[0, len(prompt):]), (family, name, row)
+    if name == str(CARD):
+        assert report.total() > 0
+
+
+@settings(max_examples=6, deadline=None)
+@given(PROMPTS, st.integers(0, 2**16))
+def test_batched_equals_one_at_a_time_for_generated_prompts(prompts, seed) -> None:
+    m = model("llama")
+    s = strategy("erss", warmup=5, streak_length=1, p=0.5, cool=1)
+    together, _ = generate(m, batch(prompts), s, seed=seed)
+    width = together.shape[1] - 10
+    for row, prompt in enumerate(prompts):
+        alone, _ = generate(m, batch([prompt]), s, seed=seed)
+        assert torch.equal(together[row, width:], alone[0, len(prompt):])
+
+
+def test_firing_on_every_decode_step_counts_one_intervention_per_step_and_row() -> None:
+    m = model("llama")
+    out, report = generate(m, batch([[5, 6, 7], [9, 9]]), strategy(str(CARD), tau=1e9), max_new_tokens=12)
+    decode_steps = 11  # the first new token comes from the prefill pass
+    assert report.interventions == {"recurse@24": 2 * decode_steps, "steer@24": 2 * decode_steps}
+    assert all(len(r["interventions"]) == 2 * decode_steps for r in report.requests)
+
+
+def test_recursion_never_exceeds_its_bound_and_zero_is_a_no_op(tmp_path: Path) -> None:
+    m = model("qwen2", 8)
+    inputs = batch([[5, 6, 7]])
+    plain, _ = generate(m, inputs)
+    text = 'if norm[3] > 0 recurse layers 2..3 up to 3 times while norm > 0\n'
+    out, report = generate(m, inputs, strategy(text, tmp_path))
+    assert report.extra_layer_passes == 9 * 3 * 2  # 9 decode steps, 3 passes, 2 layers: the bound exactly
+    assert report.interventions == {"recurse@3": 9}
+    bounded = 'if norm[3] > 0 recurse layers 2..3 up to 3 times while growth > 1e9\n'
+    out, report = generate(m, inputs, strategy(bounded, tmp_path))
+    assert report.extra_layer_passes == 9 * 2 and report.total() == 0 and torch.equal(out, plain)
+    for no_op in ('if norm[3] > 0 recurse layer 3 0 times\n', 'if norm[3] > 0 suppress scale 1 at 3\n',
+                  'bank b keep 4\nif norm[3] > 0 store in b\n'):
+        out, _ = generate(m, inputs, strategy(no_op, tmp_path))
+        assert torch.equal(out, plain), no_op
+
+
+def test_steering_with_zero_strength_is_a_no_op_and_nonzero_changes_tokens(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    m = model("llama", 8)
+    torch.manual_seed(3)
+    save_file({"v": torch.randn(64) * 50}, str(tmp_path / "v.safetensors"))
+    inputs = batch([[5, 6, 7]])
+    plain, _ = generate(m, inputs)
+    zero, _ = generate(m, inputs, strategy('vector v = load("v.safetensors")\nif norm[4] > 0 steer 0*v\n', tmp_path))
+    strong, report = generate(m, inputs, strategy('vector v = load("v.safetensors")\nif norm[4] > 0 steer 1*v\n',
+                                                  tmp_path))
+    assert torch.equal(zero, plain)
+    assert not torch.equal(strong, plain) and report.interventions == {"steer@4": 9}
+
+
+def test_the_same_seed_reproduces_sampling_and_chance() -> None:
+    m, inputs = model("gemma3"), batch([[5, 6, 7], [8, 9]])
+    s = strategy("erss", warmup=5, streak_length=1, p=0.5, cool=0)
+    first, r1 = generate(m, inputs, s, seed=7, do_sample=True, top_k=20)
+    again, r2 = generate(m, inputs, s, seed=7, do_sample=True, top_k=20)
+    assert torch.equal(first, again) and r1.interventions == r2.interventions
+
+
+def test_detaching_restores_the_model_exactly() -> None:
+    m = model("phi3")
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    inputs = batch([[5, 6, 7]])
+    plain, _ = generate(m, inputs)
+    generate(m, inputs, strategy(str(CARD), tau=1e9))
+    assert all(not layer._forward_hooks for layer in m.model.layers) and not m._forward_pre_hooks
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert torch.equal(generate(m, inputs)[0], plain)
+
+
+def test_kv_modes_both_run_and_refresh_writes_only_the_current_position(tmp_path: Path) -> None:
+    m, inputs = model("llama", 8), batch([[5, 6, 7], [8, 9, 10]])
+    frozen, rf = generate(m, inputs, strategy('if norm[3] > 0 recurse layers 2..3 twice kv frozen\n', tmp_path))
+    refresh, rr = generate(m, inputs, strategy('if norm[3] > 0 recurse layers 2..3 twice kv refresh\n', tmp_path))
+    assert rf.interventions == rr.interventions == {"recurse@3": 18}
+    assert not torch.equal(frozen, refresh)
+
+
+def test_nonfinite_states_leave_the_row_unmodified_and_warn_once(tmp_path: Path) -> None:
+    m = model("llama", 8)
+    inputs = batch([[5, 6, 7], [8, 9, 10]])
+
+    def poison(module, args, output):
+        output = output.clone()
+        output[0] = float("nan")
+        return output
+
+    handle = m.model.layers[2].register_forward_hook(poison)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _, report = generate(m, inputs, strategy('if norm[3] > 0 suppress scale 0.5\n', tmp_path))
+    finally:
+        handle.remove()
+    assert report.interventions == {"suppress@3": 9}  # row 1 only
+    assert report.nonfinite_states > 0
+    assert sum("NaN or inf" in str(w.message) for w in caught) == 1
+
+
+def test_bad_inputs_get_clean_errors(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"v": torch.ones(32)}, str(tmp_path / "v.safetensors"))
+    m = model("llama", 8)
+    with pytest.raises(L2Error, match="hidden size is 64"):
+        strategy('vector v = load("v.safetensors")\nif norm[3] > 0 steer 1*v\n', tmp_path).attach(m)
+    with pytest.raises(L2Error, match="out of range: the model has 8 layers"):
+        strategy(str(CARD)).attach(m)
+    with pytest.raises(L2Error, match="use_cache=True"):
+        generate(m, batch([[5, 6]]), strategy('if norm[3] > 0 mark "x"\n', tmp_path), use_cache=False)
