@@ -1,8 +1,13 @@
 """l2lang: strategy files that steer a causal LM by the l2 norm of its hidden states.
 
 Pipeline: `grammar/` → `syntax` (parse, format) → `ir` → `compose` (use, params) → `check`
-→ `plan` (the executor graph). The runtime that runs plans inside `transformers` builds on `plan`.
+→ `plan` (the executor graph) → `runtime` (hooks, state, actions inside `transformers` generation).
+The runtime (and torch) load only when first used, so `l2lang check` stays fast.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from l2lang.check import check_program
 from l2lang.compose import Program, load_program
@@ -11,11 +16,29 @@ from l2lang.plan import Plan, compile_plan
 from l2lang.syntax.format import format_strategy
 from l2lang.syntax.parser import parse
 
-__all__ = ["L2Error", "Plan", "Program", "check_program", "compile_plan", "format_strategy", "load",
-           "load_program", "parse"]
+if TYPE_CHECKING:
+    from l2lang.runtime.generate import generate
+    from l2lang.runtime.session import Strategy
+
+__all__ = ["L2Error", "Plan", "Program", "Strategy", "check_program", "compile_plan", "format_strategy",
+           "generate", "load", "load_program", "parse"]
 __version__ = "0.1.0"
 
 
-def load(target: str, **params: float) -> Program:
+def load(target: str, **params: float) -> Strategy:
     """Load a shipped strategy by name (`"alrr"`) or a `.l2` file, overriding params by keyword."""
-    return load_program(target, {name: str(value) for name, value in params.items()})
+    from l2lang.runtime.session import Strategy
+
+    return Strategy(load_program(target, {name: str(value) for name, value in params.items()}))
+
+
+def __getattr__(name: str):
+    if name == "generate":
+        from l2lang.runtime.generate import generate
+
+        return generate
+    if name == "Strategy":
+        from l2lang.runtime.session import Strategy
+
+        return Strategy
+    raise AttributeError(f"module 'l2lang' has no attribute {name!r}")

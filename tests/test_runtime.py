@@ -193,3 +193,18 @@ def test_bad_inputs_get_clean_errors(tmp_path: Path) -> None:
         strategy(str(CARD)).attach(m)
     with pytest.raises(L2Error, match="use_cache=True"):
         generate(m, batch([[5, 6]]), strategy('if norm[3] > 0 mark "x"\n', tmp_path), use_cache=False)
+
+
+def test_top_level_load_and_generate_equal_plain_generation_for_the_baseline() -> None:
+    import l2lang
+    from l2lang.runtime.generate import encode
+
+    m = model("qwen3", 8)
+    prompts = ["hi", "hello there"]
+    result = l2lang.generate(m, TOKENIZER, l2lang.load("baseline"), prompts, max_new_tokens=5)
+    inputs = encode(TOKENIZER, prompts, None)
+    plain = m.generate(**inputs, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    width = inputs["input_ids"].shape[1]
+    for row, output in enumerate(result.outputs):
+        assert output["token_ids"] == plain[row, width:].tolist()[: len(output["token_ids"])]
+    assert result.plan.observe == tuple(range(8)) and result.report.total() == 0

@@ -36,6 +36,7 @@ class Step:
     observations: dict = field(default_factory=dict)   # (kind, layer[, vector]) -> tensor [B, T]
     decisions: dict[int, torch.Tensor] = field(default_factory=dict)   # rule id -> bool [B, T]
     layer_calls: dict[int, tuple[tuple, dict]] = field(default_factory=dict)
+    taus: torch.Tensor | None = None  # request-scoped adaptive thresholds [estimator, row], once per step
 
 
 class Executor:
@@ -145,11 +146,14 @@ class Executor:
         self._feed_estimators(step, state, live)
 
     def _feed_estimators(self, step: Step, state: RequestState, live: torch.Tensor) -> None:
+        if state.local:  # every request-scoped estimator in one vectorised update
+            values = torch.stack([self._evaluate(e.observable, step)[:, -1] for e in state.local])
+            state.quartiles.add(values.flatten(), live.repeat(len(state.local)))
         for est in self.plan.estimators:
-            if est.phase not in (step.phase, "all"):
+            threshold = self.plan.thresholds[est.threshold]
+            if threshold.scope != "shared":
                 continue
             value = self._evaluate(est.observable, step)[:, -1].to(torch.float64)
-            threshold = self.plan.thresholds[est.threshold]
             if threshold.scope == "shared":
                 shared = self.shared_estimators[est.id]
                 if threshold.sample == "batch":
@@ -158,8 +162,6 @@ class Executor:
                 else:
                     for row in range(value.shape[0]):  # a shared stream absorbs rows in order: P² is sequential
                         shared.add(value[row:row + 1], live[row:row + 1])
-            else:
-                state.estimators[est.id].add(value, live)
 
     # -- layers --------------------------------------------------------------------------------
     def _layer_hook(self, index: int):
@@ -246,8 +248,12 @@ class Executor:
                 return passes[name]
             case P.AdaptiveRef(threshold=name, estimator=est):
                 t = self.plan.thresholds[name]
-                source = self.shared_estimators[est] if t.scope == "shared" else state.estimators[est]
-                return source.threshold(t.k, t.iqr_floor, t.warmup).float()[:, None]
+                if t.scope == "shared":
+                    return self.shared_estimators[est].threshold(t.k, t.iqr_floor, t.warmup).float()[:, None]
+                if step.taus is None:  # all request-scoped thresholds, once per step
+                    step.taus = state.quartiles.threshold(state.k, state.iqr_floor, state.warmup).float() \
+                        .view(len(state.local), -1)
+                return step.taus[state.local_index[est]][:, None]
             case P.Arith(op="neg", args=(arg,)):
                 return -self._evaluate(arg, step, passes)
             case P.Arith(op=op, args=(a, b)):
@@ -388,7 +394,14 @@ class RequestState:
         self.cooldown = {r.id: torch.full((rows,), -1, dtype=torch.int64, device=device) for r in plan.rules}
         self.latched: dict[int, torch.Tensor] = {}
         self.fired: dict[int, torch.Tensor] = {}
-        self.estimators = {e.id: Quartiles(rows, device) for e in plan.estimators}
+        self.local = [e for e in plan.estimators if plan.thresholds[e.threshold].scope != "shared"]
+        self.local_index = {e.id: i for i, e in enumerate(self.local)}
+        self.quartiles = Quartiles(len(self.local) * rows, device)
+        specs = [plan.thresholds[e.threshold] for e in self.local]
+        per_stream = lambda values: torch.tensor(values, dtype=torch.float64, device=device).repeat_interleave(rows)
+        self.k = per_stream([t.k for t in specs])
+        self.iqr_floor = per_stream([t.iqr_floor for t in specs])
+        self.warmup = per_stream([t.warmup for t in specs])
         self.banks = {(a.bank, a.layer): Bank(rows, plan.banks[a.bank], hidden, dtype, device)
                       for r in plan.rules for a in r.actions if isinstance(a, (P.StorePlan,)) or
                       (isinstance(a, P.SteerPlan) and a.bank)}

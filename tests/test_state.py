@@ -1,0 +1,65 @@
+"""Per-request state primitives: the P² quartile estimator, request keys, seeded coins, banks."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from l2lang.runtime.state import Bank, Quartiles, request_keys, uniform
+
+CPU = torch.device("cpu")
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.integers(0, 2**31), st.floats(0.1, 100), st.floats(-50, 50))
+def test_p2_quartiles_track_the_sample_quartiles(seed: int, scale: float, shift: float) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.randn(2, 900, generator=generator, dtype=torch.float64) * scale + shift
+    estimator = Quartiles(2, CPU)
+    for t in range(values.shape[1]):
+        estimator.add(values[:, t], torch.tensor([True, t % 3 == 0]))
+    exact = [torch.quantile(values[0], torch.tensor([0.25, 0.75], dtype=torch.float64)),
+             torch.quantile(values[1, ::3], torch.tensor([0.25, 0.75], dtype=torch.float64))]
+    for row in range(2):
+        assert torch.allclose(estimator.heights[row, [1, 3]], exact[row], atol=0.15 * scale)
+    assert estimator.count.tolist() == [900, 300]
+
+
+def test_threshold_is_silent_until_warm_and_then_q3_plus_k_iqr() -> None:
+    estimator = Quartiles(1, CPU)
+    for value in range(1, 10):
+        estimator.add(torch.tensor([float(value)]), torch.tensor([True]))
+        tau = estimator.threshold(1.5, 1e-3, 9)
+        assert torch.isnan(tau).item() == (value < 9)
+    q1, q3 = estimator.heights[0, 1], estimator.heights[0, 3]
+    assert torch.isclose(tau[0], q3 + 1.5 * (q3 - q1))
+
+
+def test_request_keys_ignore_padding_and_batch_position_but_separate_repeats() -> None:
+    ids = torch.tensor([[0, 0, 5, 6], [5, 6, 7, 8], [0, 0, 5, 6]])
+    valid = ids != 0
+    keys = request_keys(ids, valid)
+    alone = request_keys(torch.tensor([[5, 6]]), torch.tensor([[True, True]]))
+    assert keys[0] == alone[0] and keys[0] != keys[2] and len(set(keys.tolist())) == 3
+    assert torch.equal(request_keys(ids[1:2], valid[1:2]), keys[1:2])
+
+
+def test_coins_are_uniform_and_reproducible() -> None:
+    keys = torch.arange(1000, dtype=torch.int64)
+    draws = uniform(7, keys, 3, 0)
+    assert torch.equal(draws, uniform(7, keys, 3, 0)) and not torch.equal(draws, uniform(8, keys, 3, 0))
+    assert 0.45 < draws.mean() < 0.55 and draws.min() >= 0 and draws.max() < 1
+
+
+def test_bank_keeps_the_top_k_by_norm_and_retrieves_by_cosine() -> None:
+    bank = Bank(rows=2, capacity=2, hidden=3, dtype=torch.float32, device=CPU)
+    states = [torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]), torch.tensor([[0, 3.0, 0], [0, 0, 2.0]]),
+              torch.tensor([[0, 0, 2.0], [5.0, 0, 0]])]
+    for state in states:
+        bank.offer(state, state.norm(dim=-1), torch.tensor([True, True]))
+    assert sorted(bank.norms[0].tolist()) == [2.0, 3.0] and sorted(bank.norms[1].tolist()) == [2.0, 5.0]
+    chosen, cos = bank.nearest(torch.tensor([[0, 1.0, 0.1], [0.1, 0, 1.0]]))
+    assert torch.equal(chosen, torch.tensor([[0, 3.0, 0], [0, 0, 2.0]])) and (cos > 0.9).all()
+    empty = Bank(1, 2, 3, torch.float32, CPU)
+    assert empty.nearest(torch.ones(1, 3))[1].item() == float("-inf")
