@@ -46,7 +46,7 @@ def assert_clean_failure(source: str | bytes) -> None:
             assert "Traceback" not in d.render()
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(from_lark(Lark(grammar_text(), parser="lalr")))
 def test_text_drawn_from_the_grammar_parses_or_fails_cleanly(text: str) -> None:
     assert_clean_failure(text)

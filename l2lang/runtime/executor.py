@@ -9,6 +9,8 @@ synchronisation except one `any()` per recursion pass.
 
 from __future__ import annotations
 
+import math
+import operator
 import warnings
 from dataclasses import dataclass, field
 
@@ -21,7 +23,9 @@ from l2lang.runtime.adapters import ModelAdapter
 from l2lang.runtime.cache_view import FrozenView, RefreshView
 from l2lang.runtime.state import Bank, Quartiles, request_keys, uniform
 
-COMPARE = {"<": torch.lt, "<=": torch.le, ">": torch.gt, ">=": torch.ge, "==": torch.eq, "!=": torch.ne}
+COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq,
+           "!=": operator.ne}
+ARITH = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
 REDUCE = {"mean": torch.mean, "max": torch.amax, "min": torch.amin, "sum": torch.sum}
 
 
@@ -53,7 +57,7 @@ class Executor:
         self.hooked = sorted(set(self.needs) | set(self.steps_at) | self.block_layers)
         self.handles: list = []
         self.shared_estimators: dict[int, Quartiles] = {}
-        self.history: list[dict] = []   # one entry per generate call: the per-step records
+        self.history: list[RequestState] = []   # one per generate call, with its per-step records
         self.step: Step | None = None
         self.nonfinite = torch.zeros((), dtype=torch.int64)
 
@@ -95,7 +99,7 @@ class Executor:
                                   path="<generate>", hint="assisted or speculative decoding is not supported")
             state = self.state
             if input_ids is not None:
-                state.finished |= torch.isin(input_ids[:, -1], self.eos.to(device))
+                state.finished |= torch.isin(input_ids[:, -1], self.eos)
             state.decode_steps += 1
             live = ~state.finished
             self.step = Step("decode", state.decode_steps, live[:, None], cache)
@@ -122,11 +126,12 @@ class Executor:
     def _new_requests(self, rows: int, keys: torch.Tensor, device: torch.device) -> None:
         self.state = RequestState(self.plan, rows, keys, device, self.adapter.hidden_size,
                                   next(self.model.parameters()).dtype)
+        self.eos = self.eos.to(device)
         for est in self.plan.estimators:
             threshold = self.plan.thresholds[est.threshold]
             if threshold.scope == "shared":
                 self.shared_estimators.setdefault(est.id, Quartiles(1, device))
-        self.history.append({"keys": keys, "records": self.state.records, "state": self.state})
+        self.history.append(self.state)
 
     def _finish_decode_step(self, step: Step, state: RequestState) -> None:
         live = ~state.finished
@@ -221,7 +226,7 @@ class Executor:
     def _decide(self, rule: P.RulePlan, step: Step, state: RequestState) -> torch.Tensor:
         if rule.phase not in (step.phase, "all"):
             return torch.zeros_like(step.valid)
-        mask = step.valid & self._evaluate(rule.condition, step).bool()
+        mask = step.valid & self._mask(rule.condition, step)
         if step.phase == "decode" and rule.cooldown:
             mask = mask & (state.decode_steps > state.cooldown[rule.id])[:, None]
         return mask
@@ -234,11 +239,15 @@ class Executor:
         return step.decisions.get(rule.id)
 
     # -- evaluation ----------------------------------------------------------------------------
-    def _evaluate(self, node, step: Step, passes: dict | None = None) -> torch.Tensor:
+    def _evaluate(self, node, step: Step, passes: dict | None = None) -> torch.Tensor | float | bool:
+        """A plan expression over the batch: a [B, T] tensor, or a Python number for constants.
+
+        Constants stay Python numbers so that evaluating never copies from host to device.
+        """
         state = self.state
         match node:
             case P.Const(value=value):
-                return torch.tensor(value, device=step.valid.device)
+                return value
             case P.Observe(observable=obs, layer=layer, vector=vector):
                 return step.observations[(obs, layer, vector) if vector else (obs, layer)]
             case P.Reduce(fn=fn, observable=obs, layers=layers):
@@ -258,29 +267,31 @@ class Executor:
                 return -self._evaluate(arg, step, passes)
             case P.Arith(op=op, args=(a, b)):
                 x, y = self._evaluate(a, step, passes), self._evaluate(b, step, passes)
-                return {"+": torch.add, "-": torch.sub, "*": torch.mul, "/": torch.div}[op](x, y)
+                if op == "/" and not torch.is_tensor(y) and y == 0:
+                    return x * float("inf")
+                return ARITH[op](x, y)
             case P.Cmp(ops=ops, operands=operands):
                 values = [self._evaluate(o, step, passes) for o in operands]
-                result = torch.ones((), dtype=torch.bool, device=step.valid.device)
+                result: torch.Tensor | bool = True
                 for op, x, y in zip(ops, values, values[1:]):
-                    result = result & COMPARE[op](x, y) & torch.isfinite(x) & torch.isfinite(y)
+                    result = result & COMPARE[op](x, y) & _finite(x) & _finite(y)
                 return result
             case P.Logic(op="not", operands=(operand,)):
-                return ~self._evaluate(operand, step, passes).bool()
+                return ~self._mask(operand, step, passes)
             case P.Logic(op=op, operands=operands):
-                values = [self._evaluate(o, step, passes).bool() for o in operands]
+                values = [self._mask(o, step, passes) for o in operands]
                 out = values[0]
                 for value in values[1:]:
                     out = (out & value) if op == "and" else (out | value)
                 return out
             case P.StreakOf(slot=slot, condition=condition):
-                holds = self._evaluate(condition, step, passes).bool()[:, -1]
+                holds = self._mask(condition, step, passes)[:, -1]
                 live = ~state.finished
                 state.streaks[slot] = torch.where(live, torch.where(holds, state.streaks[slot] + 1, 0),
                                                   state.streaks[slot])
                 return state.streaks[slot][:, None].float()
             case P.RateOf(slot=slot, condition=condition):
-                holds = self._evaluate(condition, step, passes).bool()[:, -1]
+                holds = self._mask(condition, step, passes)[:, -1]
                 live = ~state.finished
                 state.rate_hits[slot] = state.rate_hits[slot] + (holds & live).to(torch.int64)
                 return (state.rate_hits[slot] / state.active_steps.clamp(min=1))[:, None].float()
@@ -288,6 +299,13 @@ class Executor:
                 draw = uniform(self.seed, state.keys, step.index, slot)[:, None]
                 return draw < self._evaluate(p, step, passes)
         raise TypeError(f"cannot evaluate {node!r}")
+
+    def _mask(self, node, step: Step, passes: dict | None = None) -> torch.Tensor:
+        """A condition as a bool [B, T] tensor (a constant condition is broadcast)."""
+        value = self._evaluate(node, step, passes)
+        if torch.is_tensor(value):
+            return value.bool().expand_as(step.valid)
+        return torch.full_like(step.valid, bool(value))
 
     # -- actions -------------------------------------------------------------------------------
     def _apply(self, action, hidden, first_pass, mask, layer: int, step: Step):
@@ -349,7 +367,7 @@ class Executor:
             ok = rows & torch.isfinite(new_norm)
             for mode, condition in action.stops:
                 if mode == "while":
-                    ok = ok & self._evaluate(condition, step, passes).bool()[:, -1]
+                    ok = ok & self._mask(condition, step, passes)[:, -1]
             updated = current + action.damping * (candidate - current) if action.damping != 1 else candidate
             current = torch.where(ok[:, None, None], updated, current)
             accepted = accepted | ok
@@ -363,7 +381,7 @@ class Executor:
                                 "change": passes["change"]}
                 for mode, condition in action.stops:
                     if mode == "until":
-                        until = until | self._evaluate(condition, step, passes_after).bool()[:, -1]
+                        until = until | self._mask(condition, step, passes_after)[:, -1]
             rows = ok & ~until
             self.state.extra_layer_passes += action.layer - action.first + 1
             if done + 1 < action.passes and not bool(rows.any()):
@@ -427,6 +445,10 @@ def _observations_needed(plan: P.Plan) -> dict[int, set]:
                 for layer in item.layers:
                     needs.setdefault(layer, {"norm"}).add(item.observable)
     return needs
+
+
+def _finite(value) -> torch.Tensor | bool:
+    return torch.isfinite(value) if torch.is_tensor(value) else math.isfinite(value)
 
 
 def _streak_slots(node) -> list[int]:

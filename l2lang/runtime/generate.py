@@ -92,9 +92,8 @@ def select_outputs(outputs: list[dict], run, plan, prompts: int) -> list[dict]:
 
 
 def candidate_scores(run, select) -> list[float]:
-    records = run.executor.history[-1]["records"]
-    decode = [r for r in records if r["phase"] == "decode"]
-    state = run.executor.history[-1]["state"]
+    state = run.executor.history[-1]
+    decode = [r for r in state.records if r["phase"] == "decode"]
     rows = state.keys.shape[0]
     if not decode:
         return [0.0] * rows

@@ -95,9 +95,8 @@ class Run:
         counts: Counter[str] = Counter()
         requests = []
         for call in executor.history:
-            rows = call["keys"].shape[0]
-            traces = [[] for _ in range(rows)]
-            for step_index, record in enumerate(call["records"]):
+            traces: list[list[dict]] = [[] for _ in range(call.keys.shape[0])]
+            for step_index, record in enumerate(call.records):
                 for (rule_id, action_index), effect in record["effects"].items():
                     action = executor.rules[rule_id].actions[action_index]
                     hits = effect.any(dim=-1).cpu()
@@ -107,7 +106,7 @@ class Run:
                         traces[row].append({"step": step_index, "phase": record["phase"], "rule": rule_id,
                                             "action": action.kind, "layer": action.layer})
             requests.extend({"interventions": trace} for trace in traces)
-        passes = sum(call["state"].extra_layer_passes for call in executor.history)
+        passes = sum(call.extra_layer_passes for call in executor.history)
         return Report(self.strategy.fingerprint, dict(sorted(counts.items())), requests, passes,
                       executor.warn_nonfinite())
 

@@ -47,9 +47,17 @@ def request_keys(input_ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return mix64(key + ordinal * _GOLDEN)
 
 
+def _mix_int(x: int) -> int:
+    """mix64 on a Python int (so a salt never needs a host-to-device copy)."""
+    x &= _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return _signed(x ^ (x >> 31))
+
+
 def uniform(seed: int, keys: torch.Tensor, step: int, slot: int) -> torch.Tensor:
     """One uniform draw in [0, 1) per row, determined by (seed, request key, step, slot)."""
-    salt = mix64(torch.tensor([_signed(seed * 1_000_003 + step * 7919 + slot * 104_729)], device=keys.device))
+    salt = _mix_int(seed * 1_000_003 + step * 7919 + slot * 104_729)
     bits = mix64(keys ^ salt)
     return _shift(bits, 11).to(torch.float64) * (2.0 ** -53)
 

@@ -163,3 +163,94 @@ def _apply(action, h, first, position, vectors, banks, inputs, core, cos, sin, c
             h[0, position] = current
             return accepted
     raise NotImplementedError(action)
+
+
+class _PassView(DynamicCache):
+    """For an extra pass: attend with this pass's own K/V at the newest position, store nothing."""
+
+    def __init__(self, cache: DynamicCache):
+        super().__init__()
+        self.layers = cache.layers
+        self.fresh: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        self.fresh[layer_idx] = (key_states, value_states)
+        layer = self.layers[layer_idx]
+        return (torch.cat([layer.keys[..., :-1, :], key_states], dim=-2),
+                torch.cat([layer.values[..., :-1, :], value_states], dim=-2))
+
+
+@torch.no_grad()
+def reference_generate_positionwise(model, plan: P.Plan, vectors: dict[str, torch.Tensor], prompt: list[int],
+                                    new_tokens: int) -> tuple[list[int], dict[str, int]]:
+    """The same interpreter, recomputing each step position by position (needed for `kv refresh`,
+    where a refreshed position's K/V feed every later position). Nothing is carried between steps."""
+    core = model.model
+    tokens = list(prompt)
+    decided: dict[tuple[int, int], bool] = {}
+    counts: dict[str, int] = {}
+    for step in range(new_tokens):
+        newest = len(tokens) - 1 if step > 0 else None
+        cache = DynamicCache()
+        banks: dict = {}
+        for q, token in enumerate(tokens):
+            h = core.embed_tokens(torch.tensor([[token]]))
+            pos = torch.tensor([[q]])
+            rotary = core.rotary_emb(h, pos)
+            for index, layer in enumerate(core.layers):
+                h = layer(h, attention_mask=None, position_ids=pos, position_embeddings=rotary,
+                          past_key_values=cache, use_cache=True)
+                first = h.clone()
+                for item in [s for s in plan.schedule if s.layer == index]:
+                    if q < len(prompt):
+                        continue
+                    for rule_id, action_index in item.act:
+                        rule = plan.rules[rule_id]
+                        if q == newest and (rule_id, q) not in decided:
+                            decided[(rule_id, q)] = bool(value(rule.condition, {index: float(first.float().norm())}))
+                        if not decided[(rule_id, q)]:
+                            continue
+                        action = rule.actions[action_index]
+                        if isinstance(action, P.RecursePlan):
+                            h, took = _recurse_positionwise(action, h, core, cache, pos, rotary)
+                        else:
+                            took = _apply(action, h[:, -1:], first[:, -1:], 0, vectors, banks, {}, core, None,
+                                          None, plan.banks)
+                        if took and q == newest:
+                            label = f"{action.kind}@{action.layer}"
+                            counts[label] = counts.get(label, 0) + 1
+        logits = model.lm_head(core.norm(h))
+        tokens.append(int(logits[0, -1].argmax()))
+    return tokens[len(prompt):], counts
+
+
+def _recurse_positionwise(action: P.RecursePlan, h, core, cache, pos, rotary):
+    current = h
+    base = float(current.float().norm())
+    kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    accepted = False
+    for _ in range(action.passes):
+        view = _PassView(cache)
+        candidate = current
+        for j in range(action.first, action.layer + 1):
+            candidate = core.layers[j](candidate, attention_mask=None, position_ids=pos, position_embeddings=rotary,
+                                       past_key_values=view if action.kv == "refresh" else ReadOnlyFrom(cache),
+                                       use_cache=True)
+        new, old = float(candidate.float().norm()), float(current.float().norm())
+        passes = {"norm": new, "growth": new / old - 1, "ratio": new / base,
+                  "change": float((candidate.float() - current.float()).norm())}
+        if not all(value(c, {}, passes) for mode, c in action.stops if mode == "while"):
+            break
+        current = current + action.damping * (candidate - current)
+        kept.update(view.fresh)
+        accepted = True
+    for j, (key, val) in kept.items():  # refresh: the last accepted pass's K/V replace the first's
+        cache.layers[j].keys[..., -1:, :] = key
+        cache.layers[j].values[..., -1:, :] = val
+    return current, accepted
+
+
+def ReadOnlyFrom(cache: DynamicCache) -> ReadOnlyCache:  # noqa: N802 - reads like the class it builds
+    readonly = ReadOnlyCache()
+    readonly.layers = cache.layers
+    return readonly
