@@ -3,8 +3,24 @@
 from __future__ import annotations
 
 from l2lang.compose import Program
-from l2lang.plan import (AdaptiveRef, Arith, ChanceOf, Cmp, Const, Logic, Observe, PassValue, Plan, PlanExpr,
-                         RateOf, RecursePlan, Reduce, SteerPlan, StreakOf, SuppressPlan)
+from l2lang.plan import (
+    AdaptiveRef,
+    Arith,
+    ChanceOf,
+    Cmp,
+    Const,
+    Logic,
+    Observe,
+    PassValue,
+    Plan,
+    PlanExpr,
+    RateOf,
+    RecursePlan,
+    Reduce,
+    SteerPlan,
+    StreakOf,
+    SuppressPlan,
+)
 from l2lang.syntax.format import format_strategy
 
 

@@ -51,5 +51,5 @@ def adapt(model: nn.Module) -> ModelAdapter:
     for part in path.split("."):
         module = getattr(module, part)
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    hidden = getattr(text_config, "hidden_size", None) or getattr(text_config, "n_embd")
+    hidden = getattr(text_config, "hidden_size", None) or text_config.n_embd
     return ModelAdapter(layers=module, hidden_size=int(hidden), model_type=model_type)

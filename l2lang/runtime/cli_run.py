@@ -68,7 +68,7 @@ def run_command(args, overrides: dict[str, str]) -> int:
         json.dump({"outputs": outputs, "manifest": manifest}, sys.stdout, indent=2)
         print()
         return 0
-    for prompt, output, request in zip(prompts, result.outputs, result.report.requests):
+    for prompt, output in zip(prompts, result.outputs):
         print(f"> {prompt}\n{output['text'].strip()}\n")
     fired = ", ".join(f"{k}: {v}" for k, v in result.report.interventions.items() if v) or "nowhere"
     print(f"strategy {args.strategy} ({plan.fingerprint}) on {loaded.model_id}, {plan.layers} layers")

@@ -344,44 +344,35 @@ class Executor:
         accepted = torch.zeros_like(rows)
         if action.passes == 0 or not bool(rows.any()):
             return hidden, accepted[:, None]
-        cache = step.cache
-        view = (RefreshView if action.kv == "refresh" else FrozenView)(cache) if cache is not None else None
+        cache = step.cache  # decode steps always have one: generation without it is refused
+        view = (RefreshView if action.kv == "refresh" else FrozenView)(cache)
         base_norm = hidden.float().norm(dim=-1)[:, -1]
         current = hidden
         for done in range(action.passes):
             candidate = current
             for j in range(action.first, action.layer + 1):
                 args, kwargs = step.layer_calls[j]
-                args = tuple(view if a is cache and cache is not None else a for a in args)
-                kwargs = {k: (view if v is cache and cache is not None else v) for k, v in kwargs.items()}
+                args = tuple(view if a is cache else a for a in args)
+                kwargs = {k: (view if v is cache else v) for k, v in kwargs.items()}
                 if args:
                     out = self.adapter.layers[j].forward(candidate, *args[1:], **kwargs)
                 else:
                     out = self.adapter.layers[j].forward(**{**kwargs, "hidden_states": candidate})
                 candidate = out[0] if isinstance(out, tuple) else out
-            new_norm = candidate.float().norm(dim=-1)[:, -1]
-            old_norm = current.float().norm(dim=-1)[:, -1]
-            passes = {"norm": new_norm[:, None], "growth": (new_norm / old_norm - 1)[:, None],
-                      "ratio": (new_norm / base_norm)[:, None],
-                      "change": (candidate.float() - current.float()).norm(dim=-1)[:, -1:]}
-            ok = rows & torch.isfinite(new_norm)
+            values = _pass_values(candidate, current, base_norm)
+            ok = rows & torch.isfinite(values["norm"][:, -1])
             for mode, condition in action.stops:
                 if mode == "while":
-                    ok = ok & self._mask(condition, step, passes)[:, -1]
+                    ok = ok & self._mask(condition, step, values)[:, -1]
             updated = current + action.damping * (candidate - current) if action.damping != 1 else candidate
-            current = torch.where(ok[:, None, None], updated, current)
+            previous, current = current, torch.where(ok[:, None, None], updated, current)
             accepted = accepted | ok
             if isinstance(view, RefreshView):
                 view.accept(ok)
             until = torch.zeros_like(ok)
-            if any(mode == "until" for mode, _ in action.stops):
-                after = current.float().norm(dim=-1)[:, -1]
-                passes_after = {"norm": after[:, None], "growth": (after / old_norm - 1)[:, None],
-                                "ratio": (after / base_norm)[:, None],
-                                "change": passes["change"]}
-                for mode, condition in action.stops:
-                    if mode == "until":
-                        until = until | self._mask(condition, step, passes_after)[:, -1]
+            for mode, condition in action.stops:
+                if mode == "until":
+                    until = until | self._mask(condition, step, _pass_values(current, previous, base_norm))[:, -1]
             rows = ok & ~until
             self.state.extra_layer_passes += action.layer - action.first + 1
             if done + 1 < action.passes and not bool(rows.any()):
@@ -445,6 +436,13 @@ def _observations_needed(plan: P.Plan) -> dict[int, set]:
                 for layer in item.layers:
                     needs.setdefault(layer, {"norm"}).add(item.observable)
     return needs
+
+
+def _pass_values(state: torch.Tensor, previous: torch.Tensor, base_norm: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The pass observables of a recursion (docs/language.md): each [B, 1]."""
+    norm = state.float().norm(dim=-1)[:, -1:]
+    return {"norm": norm, "growth": norm / previous.float().norm(dim=-1)[:, -1:] - 1,
+            "ratio": norm / base_norm[:, None], "change": (state.float() - previous.float()).norm(dim=-1)[:, -1:]}
 
 
 def _finite(value) -> torch.Tensor | bool:
