@@ -208,3 +208,25 @@ def test_top_level_load_and_generate_equal_plain_generation_for_the_baseline() -
     for row, output in enumerate(result.outputs):
         assert output["token_ids"] == plain[row, width:].tolist()[: len(output["token_ids"])]
     assert result.plan.observe == tuple(range(8)) and result.report.total() == 0
+
+
+def test_select_scores_candidates_by_their_decode_step_norms(tmp_path: Path) -> None:
+    import l2lang
+
+    m = model("llama", 8)
+    caught: dict[int, list[torch.Tensor]] = {layer: [] for layer in range(2, 6)}
+    hooks = [m.model.layers[layer].register_forward_hook(
+        lambda module, args, out, layer=layer: caught[layer].append(out[:, -1].float().norm(dim=-1)))
+        for layer in caught]
+    try:
+        s = strategy("sample 3 with temperature=1.0\nselect argmax total over 2..5\n", tmp_path)
+        result = l2lang.generate(m, TOKENIZER, s, ["hello"], max_new_tokens=6, min_new_tokens=6, seed=1)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    (output,) = result.outputs
+    scores = [c["score"] for c in output["candidates"]]
+    expected = sum(torch.stack(caught[layer][1:]).sum(dim=0) for layer in caught)  # decode steps only
+    assert scores == pytest.approx(expected.tolist(), rel=1e-5)
+    assert output["chosen"] == scores.index(max(scores))
+    assert output["text"] == output["candidates"][output["chosen"]]["text"]

@@ -76,16 +76,16 @@ def select_outputs(outputs: list[dict], run, plan, prompts: int) -> list[dict]:
     chosen = []
     for p in range(prompts):
         group = list(range(p * per, (p + 1) * per))
-        values = [scores[i] for i in group]
         if select.mode == "vote":
+            answers = {i: extract_answer(outputs[i]["text"]) for i in group}
             totals: dict[str, float] = {}
-            for i in group:
-                totals[extract_answer(outputs[i]["text"])] = totals.get(extract_answer(outputs[i]["text"]), 0) + scores[i]
-            best_answer = max(totals, key=lambda a: (totals[a], -list(totals).index(a)))
-            best = next(i for i in group if extract_answer(outputs[i]["text"]) == best_answer)
+            for i, answer in answers.items():  # insertion order: ties go to the answer seen first
+                totals[answer] = totals.get(answer, 0.0) + scores[i]
+            winner = max(totals, key=totals.__getitem__)
+            best = next(i for i in group if answers[i] == winner)
         else:
-            pick = max if select.mode == "argmax" else min
-            best = group[values.index(pick(values))]
+            values = [scores[i] for i in group]
+            best = group[values.index(max(values) if select.mode == "argmax" else min(values))]
         chosen.append({**outputs[best], "candidates": [{"text": outputs[i]["text"], "score": scores[i]}
                                                         for i in group], "chosen": best - p * per})
     return chosen
