@@ -211,11 +211,13 @@ class Executor:
         return hidden
 
     def _observe(self, index: int, before: torch.Tensor, after: torch.Tensor, step: Step) -> None:
-        kinds = self.needs.get(index, set()) | {"norm"}
+        step.observations[("norm", index)] = l2(after)
+        kinds = self.needs.get(index)
+        if not kinds or kinds == {"norm"}:
+            return
         h = after.float()
-        step.observations[("norm", index)] = h.norm(dim=-1)
         if "growth" in kinds:
-            step.observations[("growth", index)] = step.observations[("norm", index)] / before.float().norm(dim=-1) - 1
+            step.observations[("growth", index)] = step.observations[("norm", index)] / l2(before) - 1
         if "cos" in kinds:
             step.observations[("cos", index)] = torch.cosine_similarity(h, before.float(), dim=-1)
         for kind in kinds:
@@ -325,12 +327,12 @@ class Executor:
             case P.SuppressPlan(mode="scale", value=s):
                 return torch.where(m, hidden * s, hidden), mask
             case P.SuppressPlan(mode="clamp", value=n):
-                norm = hidden.float().norm(dim=-1, keepdim=True)
+                norm = l2(hidden)[..., None]
                 effect = mask & (norm[..., 0] > n)
                 scaled = hidden * (n / norm.clamp(min=1e-12)).to(hidden.dtype)
                 return torch.where(effect[..., None], scaled, hidden), effect
             case P.StorePlan(bank=bank):
-                norm = first_pass[:, -1].float().norm(dim=-1)
+                norm = l2(first_pass[:, -1])
                 state.banks[(bank, layer)].offer(first_pass[:, -1], norm, mask[:, -1])
                 return hidden, mask
             case P.MarkPlan():
@@ -346,7 +348,7 @@ class Executor:
             return hidden, accepted[:, None]
         cache = step.cache  # decode steps always have one: generation without it is refused
         view = (RefreshView if action.kv == "refresh" else FrozenView)(cache)
-        base_norm = hidden.float().norm(dim=-1)[:, -1]
+        base_norm = l2(hidden)[:, -1]
         current = hidden
         for done in range(action.passes):
             candidate = current
@@ -440,9 +442,14 @@ def _observations_needed(plan: P.Plan) -> dict[int, set]:
 
 def _pass_values(state: torch.Tensor, previous: torch.Tensor, base_norm: torch.Tensor) -> dict[str, torch.Tensor]:
     """The pass observables of a recursion (docs/language.md): each [B, 1]."""
-    norm = state.float().norm(dim=-1)[:, -1:]
-    return {"norm": norm, "growth": norm / previous.float().norm(dim=-1)[:, -1:] - 1,
+    norm = l2(state)[:, -1:]
+    return {"norm": norm, "growth": norm / l2(previous)[:, -1:] - 1,
             "ratio": norm / base_norm[:, None], "change": (state.float() - previous.float()).norm(dim=-1)[:, -1:]}
+
+
+def l2(hidden: torch.Tensor) -> torch.Tensor:
+    """The ℓ2 norm over the hidden dimension, computed in float32 whatever the model's dtype."""
+    return torch.linalg.vector_norm(hidden, dim=-1, dtype=torch.float32)
 
 
 def _finite(value) -> torch.Tensor | bool:
