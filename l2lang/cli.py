@@ -66,13 +66,24 @@ def build_parser() -> argparse.ArgumentParser:
     _set_option(run)
     run.set_defaults(handler=run_generate)
 
+    calibrate = commands.add_parser("calibrate", help="record per-layer norm quantiles for calibrated(...)")
+    calibrate.add_argument("--model", default=None, metavar="M", help="as for `run` (default: smollm2-135m)")
+    calibrate.add_argument("--prompts", required=True, metavar="FILE.jsonl", help='one {"prompt": ...} per line')
+    calibrate.add_argument("--out", required=True, metavar="PROFILE.json")
+    calibrate.add_argument("--max-new-tokens", type=int, default=64, metavar="N")
+    calibrate.add_argument("--batch-size", type=int, default=8, metavar="B")
+    calibrate.add_argument("--seed", type=int, default=0, metavar="S")
+    calibrate.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                           help="apply the tokenizer's chat template (default: when it has one)")
+    calibrate.set_defaults(handler=run_calibrate)
+
     explain = commands.add_parser("explain", help="show resolved layers, thresholds and the executor graph")
     explain.add_argument("file", metavar="FILE")
     _model_options(explain)
     _set_option(explain)
     explain.add_argument("--json", action="store_true", help="print the plan as JSON")
     explain.set_defaults(handler=run_explain)
-    for sub in (check, fmt, explain, run):
+    for sub in (check, fmt, explain, run, calibrate):
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
@@ -148,6 +159,12 @@ def run_explain(args) -> int:
     plan = compile_plan(program, shape.layers, shape.hidden_size)
     print(plan.to_json() if args.json else explain_text(program, plan))
     return 0
+
+
+def run_calibrate(args) -> int:
+    from l2lang.runtime.cli_run import calibrate_command  # torch and transformers load only here
+
+    return calibrate_command(args)
 
 
 def run_generate(args) -> int:

@@ -277,10 +277,11 @@ class _Context:
 
 
 class Compiler:
-    def __init__(self, program: Program, layers: int, hidden_size: int | None):
+    def __init__(self, program: Program, layers: int, hidden_size: int | None, weights_sha256: str | None = None):
         self.program = program
         self.L = layers
         self.hidden = hidden_size
+        self.weights_sha256 = weights_sha256
         self.diagnostics: list[Diagnostic] = []
         self.warnings: list[str] = []
         self.thresholds: dict[str, ThresholdPlan] = {}
@@ -478,6 +479,11 @@ class Compiler:
         if len(layers) != self.L:
             raise self.fail(unit, f"`{source.profile}` was recorded on a model with {len(layers)} layers; "
                             f"this one has {self.L}", stmt.span)
+        recorded = profile.get("weights_sha256")
+        if self.weights_sha256 and recorded and recorded != self.weights_sha256:
+            raise self.fail(unit, f"`{source.profile}` was recorded on other weights ({profile.get('model')}, "
+                            f"sha256 {recorded[:12]}…); this model's are {self.weights_sha256[:12]}…", stmt.span,
+                            hint="record a profile for this model with `l2lang calibrate`")
         return profile, q
 
     # -- rules -----------------------------------------------------------------------------------
@@ -733,9 +739,13 @@ def read_safetensors_header(path: Path) -> dict | None:
     return header if isinstance(header, dict) else None
 
 
-def compile_plan(program: Program, layers: int, hidden_size: int | None = None) -> Plan:
-    """Check the program, then compile it for a model with `layers` decoder layers."""
+def compile_plan(program: Program, layers: int, hidden_size: int | None = None,
+                 weights_sha256: str | None = None) -> Plan:
+    """Check the program, then compile it for a model with `layers` decoder layers.
+
+    With the model's weights hash, calibration profiles recorded on other weights are refused.
+    """
     check_program(program)
     if layers < 1:
         raise L2Error.one(f"a model needs at least one layer, not {layers}", path="<command line>")
-    return Compiler(program, layers, hidden_size).compile()
+    return Compiler(program, layers, hidden_size, weights_sha256).compile()

