@@ -66,6 +66,22 @@ def build_parser() -> argparse.ArgumentParser:
     _set_option(run)
     run.set_defaults(handler=run_generate)
 
+    trace = commands.add_parser("trace", help="write norms per token and layer, a heatmap and an HTML report")
+    target = trace.add_mutually_exclusive_group(required=True)
+    target.add_argument("strategy", nargs="?", metavar="STRATEGY")
+    target.add_argument("--observe", action="store_true", help="observe only, with no strategy")
+    trace.add_argument("--model", default=None, metavar="M", help="as for `run` (default: smollm2-135m)")
+    trace_prompts = trace.add_mutually_exclusive_group(required=True)
+    trace_prompts.add_argument("--prompt", metavar="TEXT")
+    trace_prompts.add_argument("--prompts", metavar="FILE.jsonl", help='one {"prompt": ...} per line')
+    trace.add_argument("--out", required=True, metavar="DIR")
+    trace.add_argument("--max-new-tokens", type=int, default=64, metavar="N")
+    trace.add_argument("--seed", type=int, default=0, metavar="S")
+    trace.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                       help="apply the tokenizer's chat template (default: when it has one)")
+    _set_option(trace)
+    trace.set_defaults(handler=run_trace)
+
     calibrate = commands.add_parser("calibrate", help="record per-layer norm quantiles for calibrated(...)")
     calibrate.add_argument("--model", default=None, metavar="M", help="as for `run` (default: smollm2-135m)")
     calibrate.add_argument("--prompts", required=True, metavar="FILE.jsonl", help='one {"prompt": ...} per line')
@@ -83,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     _set_option(explain)
     explain.add_argument("--json", action="store_true", help="print the plan as JSON")
     explain.set_defaults(handler=run_explain)
-    for sub in (check, fmt, explain, run, calibrate):
+    for sub in (check, fmt, explain, run, calibrate, trace):
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
@@ -159,6 +175,12 @@ def run_explain(args) -> int:
     plan = compile_plan(program, shape.layers, shape.hidden_size)
     print(plan.to_json() if args.json else explain_text(program, plan))
     return 0
+
+
+def run_trace(args) -> int:
+    from l2lang.runtime.cli_run import trace_command  # torch and transformers load only here
+
+    return trace_command(args, parse_sets(args.set))
 
 
 def run_calibrate(args) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import zipfile
 from pathlib import Path
@@ -99,3 +100,28 @@ def test_calibrate_writes_a_profile_that_calibrated_thresholds_use_on_the_same_w
     tiny_tokenizer().save_pretrained(other)
     assert main(["run", str(strategy), "--model", str(other), "--prompt", "one", "--max-new-tokens", "4"]) == 1
     assert "was recorded on other weights" in capsys.readouterr().err
+
+
+def test_trace_writes_tables_plots_and_an_escaped_report(model_folder: str, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "trace"
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "<script>alert(1)</script>"}\n{"prompt": "two"}\n')
+    assert main(["trace", CARD, "--model", model_folder, "--prompts", str(prompts), "--max-new-tokens", "5",
+                 "--set", "tau=1e9", "--out", str(out)]) == 0
+    assert "fired: recurse@24: 8, steer@24: 8" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (out / "norms.jsonl").read_text().splitlines()]
+    decode = [r for r in rows if r["phase"] == "decode"]
+    assert len(decode) == 8 and all(len(r["norms"]) == 28 for r in rows)
+    assert all(r["marks"] == ["recurse@24", "steer@24"] for r in decode)
+    prefill = [r for r in rows if r["phase"] == "prefill" and r["request"] == 1]
+    tokenizer = tiny_tokenizer()
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "two"}], tokenize=False,
+                                         add_generation_prompt=True)
+    assert len(prefill) == len(tokenizer(text, add_special_tokens=False).input_ids)  # padding left out
+    with open(out / "norms.csv", newline="") as handle:
+        assert len(list(csv.reader(handle))) == len(rows) + 1
+    for image in ("heatmap.png", "fig1.png"):
+        assert (out / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = (out / "report.html").read_text()
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
+    assert main(["trace", "--observe", "--model", model_folder, "--prompt", "x", "--out", str(out / "o")]) == 0

@@ -43,6 +43,24 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
+def trace_command(args, overrides: dict[str, str]) -> int:
+    from l2lang.runtime.trace import observe_only, trace
+
+    _quiet_transformers()
+    program = observe_only() if args.observe else load_program(args.strategy, overrides)
+    if program.sample is not None:
+        raise L2Error.one("trace follows one answer per prompt; `sample` strategies are listed by `run --json`",
+                          path=str(args.strategy))
+    prompts = read_prompts(args)
+    loaded = load_model(args.model or DEFAULT_MODEL)
+    summary = trace(loaded, program, prompts, args.out, max_new_tokens=args.max_new_tokens, chat=args.chat,
+                    seed=args.seed)
+    fired = ", ".join(f"{k}: {v}" for k, v in summary["interventions"].items() if v) or "nowhere"
+    print(f"{summary['folder']}: {summary['tokens']} tokens traced for {summary['requests']} prompt(s); "
+          f"report.html, heatmap.png, fig1.png, norms.jsonl, norms.csv; fired: {fired}")
+    return 0
+
+
 def calibrate_command(args) -> int:
     from l2lang.runtime.calibrate import calibrate, write_profile
 

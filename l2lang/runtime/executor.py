@@ -112,7 +112,8 @@ class Executor:
             return output
         if step.phase == "decode":
             self._finish_decode_step(step, state)
-        record = {"phase": step.phase, "live": step.valid[:, -1], "effects": state.step_effects, "norms": {
+        record = {"phase": step.phase, "valid": step.valid, "live": step.valid[:, -1], "effects": state.step_effects,
+                  "norms": {
             layer: step.observations[("norm", layer)] for layer in self.plan.observe
             if ("norm", layer) in step.observations}}
         state.records.append(record)

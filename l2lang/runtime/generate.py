@@ -17,6 +17,7 @@ class Generation:
     report: Report
     plan: object
     state: object           # the executor's per-request state, with its per-step records
+    input_ids: torch.Tensor  # the (left-padded) prompt batch
 
 
 def encode(tokenizer, prompts: list[str], chat: bool | None) -> dict:
@@ -34,10 +35,13 @@ def encode(tokenizer, prompts: list[str], chat: bool | None) -> dict:
 
 @torch.no_grad()
 def generate(model, tokenizer, strategy: Strategy, prompts: list[str], *, seed: int = 0, chat: bool | None = None,
-             **generation_kwargs) -> Generation:
-    """Generate for every prompt with `strategy` attached; greedy unless sampling is asked for."""
+             observe_all: bool = False, **generation_kwargs) -> Generation:
+    """Generate for every prompt with `strategy` attached; greedy unless sampling is asked for.
+
+    `observe_all` records the norm after every layer (for traces), not only the layers the plan reads.
+    """
     batch = encode(tokenizer, prompts, chat).to(next(model.parameters()).device)
-    run = strategy.attach(model, tokenizer, seed)
+    run = strategy.attach(model, tokenizer, seed, observe_all=observe_all)
     plan = run.plan
     kwargs = {"do_sample": False, **generation_kwargs}
     if plan.sample is not None:
@@ -56,7 +60,7 @@ def generate(model, tokenizer, strategy: Strategy, prompts: list[str], *, seed: 
     outputs = [_output(tokenizer, row) for row in new_tokens]
     if plan.select is not None:
         outputs = select_outputs(outputs, run, plan, len(prompts))
-    return Generation(outputs, report, plan, run.executor.history[-1])
+    return Generation(outputs, report, plan, run.executor.history[-1], batch["input_ids"])
 
 
 def _output(tokenizer, row: torch.Tensor) -> dict:

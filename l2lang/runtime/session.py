@@ -36,8 +36,9 @@ class Strategy:
         adapter = adapt(model)
         return compile_plan(self.program, adapter.num_layers, adapter.hidden_size, _weights_sha256(model))
 
-    def attach(self, model: nn.Module, tokenizer=None, seed: int = 0) -> Run:
-        return Run(self, model, tokenizer, seed)
+    def attach(self, model: nn.Module, tokenizer=None, seed: int = 0, observe_all: bool = False) -> Run:
+        """Hooks for the `with` block; `observe_all` records every layer's norm (for traces)."""
+        return Run(self, model, tokenizer, seed, observe_all)
 
 
 @dataclass
@@ -57,10 +58,12 @@ class Report:
 class Run:
     """Hooks installed on entry, removed on exit (also on error): the model is restored exactly."""
 
-    def __init__(self, strategy: Strategy, model: nn.Module, tokenizer, seed: int):
+    def __init__(self, strategy: Strategy, model: nn.Module, tokenizer, seed: int, observe_all: bool = False):
         self.strategy, self.model, self.tokenizer, self.seed = strategy, model, tokenizer, seed
         self.adapter = adapt(model)
         self.plan = strategy.plan_for(model)
+        if observe_all:
+            self.plan = self.plan.model_copy(update={"observe": tuple(range(self.adapter.num_layers))})
         self.executor: Executor | None = None
 
     def __enter__(self) -> Run:

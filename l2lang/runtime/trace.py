@@ -1,0 +1,167 @@
+"""`l2lang trace`: what the norm does inside a model, token by token and layer by layer.
+
+Writes to a folder: `norms.jsonl` and `norms.csv` (one row per token: its phase, step and the norm
+after every layer), `heatmap.png` (layers × tokens, with the threshold contour and the intervention
+marks), `report.html` (self-contained; each token coloured by its late-layer norm, interventions
+marked; generated text is escaped) and `fig1.png` (mean norm per layer of a step-by-step answer vs a
+direct answer to the first prompt, as in Fig. 1 of the paper).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+from pathlib import Path
+
+import torch
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from l2lang.compose import Program, compose
+from l2lang.runtime.generate import generate
+from l2lang.runtime.session import Strategy
+from l2lang.syntax.parser import parse
+
+STEP_BY_STEP = " Think step by step, then give the answer."
+DIRECT = " Give only the answer, with no explanation."
+
+
+def observe_only() -> Program:
+    text = "observe 0..L-1\n"
+    return compose(parse(text), "<observe>", text, {})
+
+
+def trace(loaded, program: Program, prompts: list[str], out: str | Path, *, max_new_tokens: int = 64,
+          chat: bool | None = None, seed: int = 0) -> dict:
+    """Run `program` with every layer observed; write the trace files; return a summary."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    result = generate(loaded.model, loaded.tokenizer, Strategy(program), prompts, seed=seed, chat=chat,
+                      max_new_tokens=max_new_tokens, observe_all=True)
+    rows = token_rows(result, loaded.tokenizer)
+    _write_tables(rows, folder, result.plan.layers)
+    thresholds = _threshold_by_layer(result.plan)
+    heatmap = _heatmap(rows, result, thresholds, folder / "heatmap.png")
+    _fig1(loaded, prompts[0], folder / "fig1.png", max_new_tokens, chat, seed)
+    _report(rows, result, prompts, heatmap, folder / "report.html")
+    return {"tokens": len(rows), "requests": len(prompts), "folder": str(folder),
+            "interventions": result.report.interventions}
+
+
+def token_rows(result, tokenizer) -> list[dict]:
+    """One row per observed token: the prompt's positions, then each generated token fed back."""
+    state, layers = result.state, result.plan.layers
+    prefill, decode = state.records[0], state.records[1:]
+    rows = []
+    for request, output in enumerate(result.outputs):
+        marks: dict[int, set[str]] = {}
+        for mark in result.report.requests[request]["interventions"]:
+            marks.setdefault(mark["step"], set()).add(f"{mark['action']}@{mark['layer']}")
+        prompt_ids = result.input_ids[request].tolist()
+        for position in prefill["valid"][request].nonzero().flatten().tolist():
+            norms = [round(float(prefill["norms"][layer][request, position]), 4) for layer in range(layers)]
+            rows.append({"request": request, "phase": "prefill", "step": 0, "token": tokenizer.decode(
+                [prompt_ids[position]]), "norms": norms, "marks": []})
+        for step, (record, token_id) in enumerate(zip(decode, output["token_ids"]), start=1):
+            if not bool(record["live"][request]):
+                break
+            norms = [round(float(record["norms"][layer][request, -1]), 4) for layer in range(layers)]
+            rows.append({"request": request, "phase": "decode", "step": step, "token": tokenizer.decode([token_id]),
+                         "norms": norms, "marks": sorted(marks.get(step, ()))})
+    return rows
+
+
+def _write_tables(rows: list[dict], folder: Path, layers: int) -> None:
+    with open(folder / "norms.jsonl", "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    with open(folder / "norms.csv", "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["request", "phase", "step", "token", "marks"] + [f"layer_{i}" for i in range(layers)])
+        for row in rows:
+            writer.writerow([row["request"], row["phase"], row["step"], row["token"], " ".join(row["marks"])]
+                            + row["norms"])
+
+
+def _threshold_by_layer(plan) -> dict[int, float]:
+    """The first non-adaptive threshold's value per layer (adaptive ones move and are not drawn)."""
+    for threshold in plan.thresholds.values():
+        if threshold.source != "adaptive" and threshold.values:
+            return dict(threshold.values)
+    return {}
+
+
+def _heatmap(rows: list[dict], result, thresholds: dict[int, float], path: Path) -> bytes:
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import LogNorm
+
+    requests = sorted({row["request"] for row in rows})
+    figure, axes = plt.subplots(len(requests), 1, figsize=(12, 3.2 * len(requests)), squeeze=False)
+    for axis, request in zip(axes[:, 0], requests):
+        mine = [row for row in rows if row["request"] == request and row["phase"] == "decode"]
+        if not mine:
+            continue
+        grid = np.array([row["norms"] for row in mine]).T  # layers x tokens
+        image = axis.imshow(grid, aspect="auto", origin="lower", cmap="magma",  # log: massive activations
+                            norm=LogNorm(vmin=max(float(grid.min()), 1e-3), vmax=float(grid.max())))
+        figure.colorbar(image, ax=axis, label="norm")
+        if thresholds:
+            tau = np.array([thresholds.get(layer, np.nan) for layer in range(grid.shape[0])])[:, None]
+            axis.contour(grid - tau, levels=[0.0], colors="cyan", linewidths=0.8)
+        for x, row in enumerate(mine):
+            for mark in row["marks"]:
+                axis.plot(x, int(mark.rsplit("@", 1)[1]), marker="x", color="lime", markersize=5)
+        axis.set_ylabel("layer")
+        axis.set_title(f"request {request}: norm after each layer, per generated token "
+                       "(cyan: threshold; x: interventions)", fontsize=9)
+    axes[-1, 0].set_xlabel("generated token")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    path.write_bytes(buffer.getvalue())
+    return buffer.getvalue()
+
+
+def _fig1(loaded, prompt: str, path: Path, max_new_tokens: int, chat: bool | None, seed: int) -> None:
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for suffix, label in ((STEP_BY_STEP, "step-by-step answer"), (DIRECT, "direct answer")):
+        result = generate(loaded.model, loaded.tokenizer, Strategy(observe_only()), [prompt + suffix], seed=seed,
+                          chat=chat, max_new_tokens=max_new_tokens)
+        decode = [r for r in result.state.records[1:] if bool(r["live"][0])]
+        if not decode:
+            continue
+        means = [float(torch.stack([r["norms"][layer][0, -1] for r in decode]).mean())
+                 for layer in range(result.plan.layers)]
+        axis.plot(range(len(means)), means, marker="o", markersize=3, label=f"{label} ({len(decode)} tokens)")
+    axis.set_xlabel("layer")
+    axis.set_ylabel("mean norm over generated tokens")
+    axis.set_title(f"{loaded.model_id}: norm vs depth", fontsize=10)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _report(rows: list[dict], result, prompts: list[str], heatmap: bytes, path: Path) -> None:
+    plan = result.plan
+    late = list(range(plan.layers - plan.layers // 4, plan.layers - 1)) or [plan.layers - 1]
+    decode = [row for row in rows if row["phase"] == "decode"]
+    scores = [sum(row["norms"][layer] for layer in late) / len(late) for row in decode]
+    low, high = (min(scores), max(scores)) if scores else (0.0, 1.0)
+    for row, score in zip(decode, scores):
+        row["heat"] = (score - low) / (high - low) if high > low else 0.5
+        row["late_norm"] = round(score, 2)
+    environment = Environment(loader=PackageLoader("l2lang", "templates"), autoescape=select_autoescape(["html"]))
+    html = environment.get_template("report.html").render(
+        plan=plan, prompts=prompts, requests=[[r for r in decode if r["request"] == i] for i in range(len(prompts))],
+        late=f"{late[0]}..{late[-1]}", interventions=result.report.interventions,
+        heatmap=base64.b64encode(heatmap).decode())
+    path.write_text(html, encoding="utf-8")
