@@ -99,6 +99,8 @@ def run_command(args, overrides: dict[str, str]) -> int:
         "params": plan.params, "thresholds": {k: v.model_dump(exclude_none=True) for k, v in plan.thresholds.items()},
         "generation": kwargs, "interventions": result.report.interventions,
         "extra_layer_passes": result.report.extra_layer_passes,
+        "candidates": [{"chosen": o["chosen"], "scores": [c["score"] for c in o["candidates"]]}
+                       for o in result.outputs] if plan.select else None,
         "versions": {name: version(name) for name in ("l2lang", "torch", "transformers")},
     }
     if args.json:
