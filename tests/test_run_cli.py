@@ -125,3 +125,13 @@ def test_trace_writes_tables_plots_and_an_escaped_report(model_folder: str, tmp_
     html = (out / "report.html").read_text()
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
     assert main(["trace", "--observe", "--model", model_folder, "--prompt", "x", "--out", str(out / "o")]) == 0
+
+
+def test_run_lrs_lists_every_candidate_and_the_winner(model_folder: str, capsys) -> None:
+    assert main(["run", "lrs", "--model", model_folder, "--prompt", "x", "--max-new-tokens", "5", "--set", "n=3",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    (candidates,) = result["manifest"]["candidates"]
+    scores = candidates["scores"]
+    assert len(scores) == 3 and candidates["chosen"] == scores.index(max(scores))
+    assert result["outputs"][0]["candidates"][candidates["chosen"]]["text"] == result["outputs"][0]["text"]

@@ -16,6 +16,7 @@ import torch
 from l2lang.compose import compose
 from l2lang.plan import QUANTILE_KEYS
 from l2lang.runtime.generate import generate
+from l2lang.runtime.progress import progress
 from l2lang.runtime.session import Strategy
 from l2lang.syntax.parser import parse
 
@@ -27,7 +28,8 @@ def calibrate(loaded, prompts: list[str], *, max_new_tokens: int = 64, chat: boo
     """Generate greedily for `prompts` while observing every layer; return the profile."""
     observe_all = Strategy(compose(parse("observe 0..L-1\n"), "<calibrate>", "observe 0..L-1\n", {}))
     per_layer: list[list[torch.Tensor]] = []
-    for start in range(0, len(prompts), batch_size):
+    starts = range(0, len(prompts), batch_size)
+    for start in progress(starts, len(starts), "calibrating"):
         chunk = prompts[start:start + batch_size]
         run = generate(loaded.model, loaded.tokenizer, observe_all, chunk, seed=seed, chat=chat,
                        max_new_tokens=max_new_tokens)
