@@ -127,3 +127,15 @@ def test_every_shipped_strategy_compiles_for_any_depth_and_its_plan_is_json(name
     for rule in plan.rules:
         for action in rule.actions:
             assert 0 <= action.layer < layers
+
+
+def test_the_calibrated_example_resolves_from_its_shipped_profile() -> None:
+    example = Path(__file__).parents[1] / "examples" / "alrr-calibrated.l2"
+    profile = json.loads((example.parent / "profiles" / "qwen2.5-coder-0.5b.json").read_text())
+    plan = compile_plan(load_program(example), 24, 896, profile["weights_sha256"])
+    assert plan.thresholds["tau"].values[20] == pytest.approx(profile["layers"]["20"]["p90"])
+    assert [r.read_layer for r in plan.rules] == [18, 19, 20, 21, 22]
+    with pytest.raises(L2Error, match="recorded on other weights"):
+        compile_plan(load_program(example), 24, 896, "0" * 64)
+    with pytest.raises(L2Error, match="24 layers; this one has 28"):
+        compile_plan(load_program(example), 28)

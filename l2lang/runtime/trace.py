@@ -110,7 +110,7 @@ def _heatmap(rows: list[dict], result, thresholds: dict[int, float], path: Path)
         image = axis.imshow(grid, aspect="auto", origin="lower", cmap="magma",  # log: massive activations
                             norm=LogNorm(vmin=max(float(grid.min()), 1e-3), vmax=float(grid.max())))
         figure.colorbar(image, ax=axis, label="norm")
-        if thresholds:
+        if thresholds and grid.shape[1] >= 2:  # a contour needs two tokens at least
             tau = np.array([thresholds.get(layer, np.nan) for layer in range(grid.shape[0])])[:, None]
             axis.contour(grid - tau, levels=[0.0], colors="cyan", linewidths=0.8)
         for x, row in enumerate(mine):
