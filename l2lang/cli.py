@@ -84,7 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     calibrate = commands.add_parser("calibrate", help="record per-layer norm quantiles for calibrated(...)")
     calibrate.add_argument("--model", default=None, metavar="M", help="as for `run` (default: smollm2-135m)")
-    calibrate.add_argument("--prompts", required=True, metavar="FILE.jsonl", help='one {"prompt": ...} per line')
+    source = calibrate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompts", metavar="FILE.jsonl", help='one {"prompt": ...} per line')
+    source.add_argument("--task", metavar="T", help="reasoning_gym:NAME[:k=v,...] (needs l2lang[tasks])")
+    calibrate.add_argument("--n", type=int, default=32, metavar="N", help="items drawn from --task (default 32)")
     calibrate.add_argument("--out", required=True, metavar="PROFILE.json")
     calibrate.add_argument("--max-new-tokens", type=int, default=64, metavar="N")
     calibrate.add_argument("--batch-size", type=int, default=8, metavar="B")

@@ -135,3 +135,17 @@ def test_run_lrs_lists_every_candidate_and_the_winner(model_folder: str, capsys)
     scores = candidates["scores"]
     assert len(scores) == 3 and candidates["chosen"] == scores.index(max(scores))
     assert result["outputs"][0]["candidates"][candidates["chosen"]]["text"] == result["outputs"][0]["text"]
+
+
+def test_calibrate_on_a_seeded_reasoning_gym_task(model_folder: str, tmp_path: Path, capsys) -> None:
+    from l2lang.runtime.tasks import task_items
+
+    items = task_items("reasoning_gym:basic_arithmetic", 3, seed=1)
+    assert items == task_items("basic_arithmetic", 3, seed=1) and all("Answer:" in i["prompt"] for i in items)
+    out = tmp_path / "p.json"
+    assert main(["calibrate", "--model", model_folder, "--task", "reasoning_gym:basic_arithmetic", "--n", "2",
+                 "--max-new-tokens", "4", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["prompts"] == 2
+    assert main(["calibrate", "--model", model_folder, "--task", "reasoning_gym:no_such_task", "--out",
+                 str(out)]) == 1
+    assert "--task reasoning_gym:no_such_task" in capsys.readouterr().err

@@ -65,7 +65,12 @@ def calibrate_command(args) -> int:
     from l2lang.runtime.calibrate import calibrate, write_profile
 
     _quiet_transformers()
-    prompts = read_prompts(args)
+    if args.task:
+        from l2lang.runtime.tasks import task_items
+
+        prompts = [item["prompt"] for item in task_items(args.task, args.n, args.seed)]
+    else:
+        prompts = read_prompts(args)
     loaded = load_model(args.model or DEFAULT_MODEL)
     print(f"l2lang: calibrating {loaded.model_id} on {len(prompts)} prompt(s) ...", file=sys.stderr)
     profile = calibrate(loaded, prompts, max_new_tokens=args.max_new_tokens, chat=args.chat, seed=args.seed,
