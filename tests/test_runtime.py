@@ -230,3 +230,30 @@ def test_select_scores_candidates_by_their_decode_step_norms(tmp_path: Path) -> 
     assert scores == pytest.approx(expected.tolist(), rel=1e-5)
     assert output["chosen"] == scores.index(max(scores))
     assert output["text"] == output["candidates"][output["chosen"]]["text"]
+
+
+def test_vote_returns_the_answer_with_the_highest_summed_score(tmp_path: Path) -> None:
+    import l2lang
+    from l2lang.runtime.generate import extract_answer
+
+    assert extract_answer("so 3 + 4\nAnswer: 7.") == "7" and extract_answer("it is 12, or 15") == "15"
+    m = model("llama", 8)
+    s = strategy("sample 6 with temperature=1.5\nselect vote total over 2..5 per token\n", tmp_path)
+    result = l2lang.generate(m, TOKENIZER, s, ["hello", "abc"], max_new_tokens=6, seed=2)
+    for output in result.outputs:
+        totals: dict[str, float] = {}
+        for candidate in output["candidates"]:
+            answer = extract_answer(candidate["text"])
+            totals[answer] = totals.get(answer, 0.0) + candidate["score"]
+        assert extract_answer(output["text"]) == max(totals, key=totals.__getitem__)
+
+
+def test_the_terminal_progress_bar_leaves_generation_unchanged(monkeypatch) -> None:
+    import l2lang
+    from l2lang.runtime import progress
+
+    m = model("llama", 8)
+    quiet = l2lang.generate(m, TOKENIZER, l2lang.load("baseline"), ["hello"], max_new_tokens=5)
+    monkeypatch.setattr(progress, "_on_terminal", lambda: True)
+    shown = l2lang.generate(m, TOKENIZER, l2lang.load("baseline"), ["hello"], max_new_tokens=5)
+    assert shown.outputs == quiet.outputs

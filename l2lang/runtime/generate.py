@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from l2lang.diagnostics import L2Error
+from l2lang.runtime.progress import decode_progress
 from l2lang.runtime.session import Report, Strategy
 
 
@@ -53,7 +54,7 @@ def generate(model, tokenizer, strategy: Strategy, prompts: list[str], *, seed: 
     if kwargs.get("pad_token_id") is None:
         kwargs["pad_token_id"] = tokenizer.pad_token_id
     torch.manual_seed(seed)
-    with run:
+    with run, decode_progress(model, kwargs.get("max_new_tokens") or 0, "generating"):
         sequences = model.generate(**batch, **kwargs)
     report = run.report()
     new_tokens = sequences[:, batch["input_ids"].shape[1]:]
