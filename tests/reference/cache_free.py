@@ -147,11 +147,9 @@ def _apply(action, h, first, position, vectors, banks, inputs, core, cos, sin, c
                     layer(inputs[j][:, : position + 1], attention_mask=None, position_ids=pos,
                           position_embeddings=(cos[:, : position + 1], sin[:, : position + 1]),
                           past_key_values=cache, use_cache=True)
-                    readonly = ReadOnlyCache()
-                    readonly.layers = cache.layers
                     candidate = layer(candidate, attention_mask=None, position_ids=pos[:, -1:],
                                       position_embeddings=(cos[:, position:position + 1], sin[:, position:position + 1]),
-                                      past_key_values=readonly, use_cache=True)
+                                      past_key_values=_read_only(cache), use_cache=True)
                 candidate = candidate[0, 0]
                 new, old = float(candidate.float().norm()), float(current.float().norm())
                 passes_now = {"norm": new, "growth": new / old - 1, "ratio": new / base,
@@ -234,7 +232,7 @@ def _recurse_positionwise(action: P.RecursePlan, h, core, cache, pos, rotary):
         candidate = current
         for j in range(action.first, action.layer + 1):
             candidate = core.layers[j](candidate, attention_mask=None, position_ids=pos, position_embeddings=rotary,
-                                       past_key_values=view if action.kv == "refresh" else ReadOnlyFrom(cache),
+                                       past_key_values=view if action.kv == "refresh" else _read_only(cache),
                                        use_cache=True)
         new, old = float(candidate.float().norm()), float(current.float().norm())
         passes = {"norm": new, "growth": new / old - 1, "ratio": new / base,
@@ -250,7 +248,7 @@ def _recurse_positionwise(action: P.RecursePlan, h, core, cache, pos, rotary):
     return current, accepted
 
 
-def ReadOnlyFrom(cache: DynamicCache) -> ReadOnlyCache:  # noqa: N802 - reads like the class it builds
+def _read_only(cache: DynamicCache) -> ReadOnlyCache:
     readonly = ReadOnlyCache()
     readonly.layers = cache.layers
     return readonly

@@ -8,7 +8,6 @@ rows and layers are fine here: this code is for clarity, not speed.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -271,7 +270,3 @@ def lrs_scores(step_norms: list[list[float]], tau: float, metric: str, late: flo
             elif metric == "late_area" and t + 1 > (1 - late) * steps:
                 total += max(0.0, norm - tau)
     return total / steps if per_token and steps else total
-
-
-def finite(x: float) -> bool:
-    return math.isfinite(x)
