@@ -55,6 +55,9 @@ class Executor:
         self.block_layers = {j for r in plan.rules for a in r.actions if isinstance(a, P.RecursePlan)
                              for j in range(a.first, a.layer + 1)}
         self.hooked = sorted(set(self.needs) | set(self.steps_at) | self.block_layers)
+        # Per-step bookkeeping, decided once here rather than by walking the plan every step.
+        self.streaks_of = {rule.id: _streak_slots(rule.condition) for rule in plan.rules}
+        self.deferring = [rule.id for rule in plan.rules if any(a.delay for a in rule.actions)]
         self.handles: list = []
         self.shared_estimators: dict[int, Quartiles] = {}
         self.history: list[RequestState] = []   # one per generate call, with its per-step records
@@ -136,19 +139,16 @@ class Executor:
 
     def _finish_decode_step(self, step: Step, state: RequestState) -> None:
         live = ~state.finished
-        for rule in self.plan.rules:
-            fired = state.fired.pop(rule.id, None)
-            if fired is None:
-                continue
+        for rule_id, fired in state.fired.items():
+            rule = self.rules[rule_id]
             if rule.cooldown:
-                state.cooldown[rule.id] = torch.where(fired, state.decode_steps + rule.cooldown,
-                                                      state.cooldown[rule.id])
-            for slot in _streak_slots(rule.condition):
+                state.cooldown[rule_id] = torch.where(fired, state.decode_steps + rule.cooldown, state.cooldown[rule_id])
+            for slot in self.streaks_of[rule_id]:
                 state.streaks[slot] = torch.where(fired, torch.zeros_like(state.streaks[slot]), state.streaks[slot])
-        for rule in self.plan.rules:
-            if any(a.delay for a in rule.actions):
-                decision = step.decisions.get(rule.id)
-                state.latched[rule.id] = decision[:, -1] if decision is not None else torch.zeros_like(live)
+        state.fired.clear()
+        for rule_id in self.deferring:
+            decision = step.decisions.get(rule_id)
+            state.latched[rule_id] = decision[:, -1] if decision is not None else torch.zeros_like(live)
         self._feed_estimators(step, state, live)
 
     def _feed_estimators(self, step: Step, state: RequestState, live: torch.Tensor) -> None:
