@@ -132,12 +132,16 @@ class Bank:
         self.norms = torch.full((rows, capacity), float("-inf"), device=device)
 
     def offer(self, state: torch.Tensor, norm: torch.Tensor, mask: torch.Tensor) -> None:
-        """Keep `state` for rows in `mask` whose norm beats the bank's smallest (ties keep the old)."""
+        """Keep `state` for rows in `mask` whose norm beats the bank's smallest (ties keep the old).
+
+        Writes one slot per row in place: the bank is never copied whole.
+        """
+        rows = torch.arange(self.norms.shape[0], device=self.norms.device)
         weakest = self.norms.argmin(dim=1)
-        take = mask & (norm > self.norms.gather(1, weakest[:, None]).squeeze(1))
-        slot = torch.nn.functional.one_hot(weakest, self.norms.shape[1]).bool() & take[:, None]
-        self.norms = torch.where(slot, norm[:, None], self.norms)
-        self.states = torch.where(slot[:, :, None], state[:, None, :], self.states)
+        old_norm = self.norms[rows, weakest]
+        take = mask & (norm > old_norm)
+        self.norms[rows, weakest] = torch.where(take, norm, old_norm)
+        self.states[rows, weakest] = torch.where(take[:, None], state.to(self.states.dtype), self.states[rows, weakest])
 
     def nearest(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The banked state with the highest cosine to `state`, per row, and that cosine (-inf if empty)."""
