@@ -1,4 +1,4 @@
-"""`l2lang check | fmt | explain`: the command line. Every user error exits 1 with a positioned message."""
+"""The `l2lang` command line: check, fmt, explain, run, trace, calibrate. User errors exit 1 with a message."""
 
 from __future__ import annotations
 
