@@ -13,12 +13,10 @@ from pathlib import Path
 
 import torch
 
-from l2lang.compose import compose
 from l2lang.plan import QUANTILE_KEYS
 from l2lang.runtime.generate import generate
 from l2lang.runtime.progress import progress
-from l2lang.runtime.session import Strategy
-from l2lang.syntax.parser import parse
+from l2lang.runtime.session import Strategy, observe_only
 
 PROFILE_FORMAT = "l2lang-profile/1"
 
@@ -26,7 +24,7 @@ PROFILE_FORMAT = "l2lang-profile/1"
 def calibrate(loaded, prompts: list[str], *, max_new_tokens: int = 64, chat: bool | None = None,
               seed: int = 0, batch_size: int = 8) -> dict:
     """Generate greedily for `prompts` while observing every layer; return the profile."""
-    observe_all = Strategy(compose(parse("observe 0..L-1\n"), "<calibrate>", "observe 0..L-1\n", {}))
+    observe_all = Strategy(observe_only())
     per_layer: list[list[torch.Tensor]] = []
     starts = range(0, len(prompts), batch_size)
     for start in progress(starts, len(starts), "calibrating"):
@@ -38,7 +36,7 @@ def calibrate(loaded, prompts: list[str], *, max_new_tokens: int = 64, chat: boo
         if not per_layer:
             per_layer = [[] for _ in range(run.plan.layers)]
         for record in decode:
-            live = record["live"]
+            live = record["valid"][:, -1]
             for layer in range(run.plan.layers):
                 per_layer[layer].append(record["norms"][layer][:, -1][live].float().cpu())
     layers = {}

@@ -44,7 +44,8 @@ def _quiet_transformers() -> None:
 
 
 def trace_command(args, overrides: dict[str, str]) -> int:
-    from l2lang.runtime.trace import observe_only, trace
+    from l2lang.runtime.session import observe_only
+    from l2lang.runtime.trace import trace
 
     _quiet_transformers()
     program = observe_only() if args.observe else load_program(args.strategy, overrides)

@@ -115,11 +115,10 @@ class Executor:
             return output
         if step.phase == "decode":
             self._finish_decode_step(step, state)
-        record = {"phase": step.phase, "valid": step.valid, "live": step.valid[:, -1], "effects": state.step_effects,
-                  "norms": {
-            layer: step.observations[("norm", layer)] for layer in self.plan.observe
-            if ("norm", layer) in step.observations}}
-        state.records.append(record)
+        norms = {layer: step.observations[("norm", layer)] for layer in self.plan.observe
+                 if ("norm", layer) in step.observations}
+        # `valid[:, -1]` says which rows were live on a decode step.
+        state.records.append({"phase": step.phase, "valid": step.valid, "effects": state.step_effects, "norms": norms})
         state.step_effects = {}
         self.step = None
         return output
@@ -160,14 +159,13 @@ class Executor:
             if threshold.scope != "shared":
                 continue
             value = self._evaluate(est.observable, step)[:, -1].to(torch.float64)
-            if threshold.scope == "shared":
-                shared = self.shared_estimators[est.id]
-                if threshold.sample == "batch":
-                    mean = torch.where(live, value, torch.zeros_like(value)).sum() / live.sum().clamp(min=1)
-                    shared.add(mean[None], live.any()[None])
-                else:
-                    for row in range(value.shape[0]):  # a shared stream absorbs rows in order: P² is sequential
-                        shared.add(value[row:row + 1], live[row:row + 1])
+            shared = self.shared_estimators[est.id]
+            if threshold.sample == "batch":
+                mean = torch.where(live, value, torch.zeros_like(value)).sum() / live.sum().clamp(min=1)
+                shared.add(mean[None], live.any()[None])
+            else:
+                for row in range(value.shape[0]):  # a shared stream absorbs rows in order: P² is sequential
+                    shared.add(value[row:row + 1], live[row:row + 1])
 
     # -- layers --------------------------------------------------------------------------------
     def _layer_hook(self, index: int):
@@ -410,13 +408,15 @@ class RequestState:
         self.local_index = {e.id: i for i, e in enumerate(self.local)}
         self.quartiles = Quartiles(len(self.local) * rows, device)
         specs = [plan.thresholds[e.threshold] for e in self.local]
-        per_stream = lambda values: torch.tensor(values, dtype=torch.float64, device=device).repeat_interleave(rows)
+
+        def per_stream(values: list[float]) -> torch.Tensor:  # one entry per (estimator, row) stream
+            return torch.tensor(values, dtype=torch.float64, device=device).repeat_interleave(rows)
+
         self.k = per_stream([t.k for t in specs])
         self.iqr_floor = per_stream([t.iqr_floor for t in specs])
         self.warmup = per_stream([t.warmup for t in specs])
         self.banks = {(a.bank, a.layer): Bank(rows, plan.banks[a.bank], hidden, dtype, device)
-                      for r in plan.rules for a in r.actions if isinstance(a, (P.StorePlan,)) or
-                      (isinstance(a, P.SteerPlan) and a.bank)}
+                      for r in plan.rules for a in r.actions if getattr(a, "bank", None)}
         self.records: list[dict] = []
         self.step_effects: dict[tuple[int, int], torch.Tensor] = {}
         self.extra_layer_passes = 0  # layer forward passes run by recursions, for the whole batch

@@ -106,7 +106,7 @@ def candidate_scores(run, select) -> list[float]:
     norms = torch.stack([torch.stack([r["norms"][layer][:, -1] for layer in select.layers], dim=-1)
                          for r in decode])  # [steps, rows, layers]
     thresholds = torch.tensor([select.thresholds.get(layer, 0.0) for layer in select.layers], device=norms.device)
-    live = torch.stack([r["live"] for r in decode])  # [steps, rows]
+    live = torch.stack([r["valid"][:, -1] for r in decode])  # [steps, rows]
     weight = live[..., None].float()
     if select.metric == "total":
         per_step = norms

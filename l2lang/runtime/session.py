@@ -15,11 +15,18 @@ import torch
 from torch import nn
 
 from l2lang import plan as P
-from l2lang.compose import Program
+from l2lang.compose import Program, compose
 from l2lang.diagnostics import L2Error
 from l2lang.plan import compile_plan
 from l2lang.runtime.adapters import adapt
 from l2lang.runtime.executor import Executor
+from l2lang.syntax.parser import parse
+
+
+def observe_only() -> Program:
+    """`observe 0..L-1`: every layer's norm recorded, nothing changed (traces, calibration)."""
+    text = "observe 0..L-1\n"
+    return compose(parse(text), "<observe>", text, {})
 
 
 class Strategy:

@@ -18,18 +18,12 @@ from pathlib import Path
 import torch
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from l2lang.compose import Program, compose
+from l2lang.compose import Program
 from l2lang.runtime.generate import generate
-from l2lang.runtime.session import Strategy
-from l2lang.syntax.parser import parse
+from l2lang.runtime.session import Strategy, observe_only
 
 STEP_BY_STEP = " Think step by step, then give the answer."
 DIRECT = " Give only the answer, with no explanation."
-
-
-def observe_only() -> Program:
-    text = "observe 0..L-1\n"
-    return compose(parse(text), "<observe>", text, {})
 
 
 def trace(loaded, program: Program, prompts: list[str], out: str | Path, *, max_new_tokens: int = 64,
@@ -67,7 +61,7 @@ def token_rows(result, tokenizer) -> list[dict]:
             rows.append({"request": request, "phase": "prefill", "step": 0, "token": tokenizer.decode(
                 [prompt_ids[position]]), "norms": norms, "marks": []})
         for step, (record, token_id) in enumerate(zip(decode, output["token_ids"]), start=1):
-            if not bool(record["live"][request]):
+            if not bool(record["valid"][request, -1]):
                 break
             norms = [round(float(record["norms"][layer][request, -1]), 4) for layer in range(layers)]
             rows.append({"request": request, "phase": "decode", "step": step, "token": tokenizer.decode([token_id]),
@@ -135,7 +129,7 @@ def _fig1(loaded, prompt: str, path: Path, max_new_tokens: int, chat: bool | Non
     for suffix, label in ((STEP_BY_STEP, "step-by-step answer"), (DIRECT, "direct answer")):
         result = generate(loaded.model, loaded.tokenizer, Strategy(observe_only()), [prompt + suffix], seed=seed,
                           chat=chat, max_new_tokens=max_new_tokens)
-        decode = [r for r in result.state.records[1:] if bool(r["live"][0])]
+        decode = [r for r in result.state.records[1:] if bool(r["valid"][0, -1])]
         if not decode:
             continue
         means = [float(torch.stack([r["norms"][layer][0, -1] for r in decode]).mean())
