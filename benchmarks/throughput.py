@@ -1,10 +1,13 @@
 """Tokens/s of plain `model.generate` vs strategies, interleaved in one process, median of repeats.
 
-    python benchmarks/throughput.py --model smollm2-135m --batch 1 8 --tokens 64 --repeats 5 \
-        --strategies baseline alrr "alrr:warmup=20"
+    python benchmarks/throughput.py --model smollm2-135m --batch 1 16 --tokens 32 --repeats 5 \
+        --strategies baseline alrr "alrr:warmup=5" lrs:n=4
 
-Each configuration runs after the plain baseline in the same round, after one warm-up round; the
-printed ratio is strategy tokens/s over plain tokens/s (median over rounds).
+Each configuration runs right after plain generate in the same round, after one warm-up round; the
+ratio is the median over rounds of (strategy tokens/s) / (plain tokens/s). A strategy that samples
+(`lrs`, `vote`) is compared with plain generate sampling the same N return sequences, and its time
+includes scoring the candidates. `bound` is the ALRR target: 1 / ((1 + k/L) + 0.03) for k extra layer
+passes per token on L layers. `--model tiny` is a random-weight Llama built in code (8 layers, 256 wide).
 """
 
 from __future__ import annotations
@@ -16,11 +19,26 @@ import time
 import torch
 
 from l2lang import load_program
-from l2lang.runtime.generate import encode
+from l2lang.runtime.generate import candidate_scores, encode
 from l2lang.runtime.models import load_model
 from l2lang.runtime.session import Strategy
 
 PROMPT = "Tom has 3 apples and buys 5 more. How many apples does he have now? Think step by step."
+SHIPPED = ["baseline", "alrr", "alrr:warmup=5", "erss", "erss:warmup=5,streak_length=4", "erss-figure:warmup=5,streak_length=4",
+           "suppress-high:warmup=5", "suppress-random:warmup=5", "examples/card.l2:tau=1e9", "lrs:n=4", "vote:n=4"]
+
+
+def tiny():
+    """A random-weight Llama (8 layers, hidden 256) with the default model's tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = load_model("smollm2-135m").tokenizer
+    config = LlamaConfig(num_hidden_layers=8, hidden_size=256, intermediate_size=704, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=len(tokenizer))
+    model = LlamaForCausalLM(config).eval()
+    model.generation_config.eos_token_id = None
+    return model, tokenizer
 
 
 def parse_strategy(text: str) -> tuple[str, Strategy]:
@@ -29,17 +47,24 @@ def parse_strategy(text: str) -> tuple[str, Strategy]:
     return text, Strategy(load_program(name, overrides))
 
 
-def timed(model, batch, tokens: int, strategy: Strategy | None, tokenizer) -> tuple[float, int]:
-    kwargs = dict(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
-                  pad_token_id=tokenizer.pad_token_id)
+def timed(model, tokenizer, batch, tokens: int, strategy: Strategy, attach: bool) -> tuple[float, int]:
+    """(generated tokens/s, extra layer passes) of one generate call, with or without the strategy attached."""
+    plan = strategy.plan_for(model)
+    kwargs = dict(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    if plan.sample is not None:
+        kwargs.update(do_sample=True, num_return_sequences=plan.sample.count, temperature=plan.sample.temperature,
+                      top_p=plan.sample.top_p)
+    torch.manual_seed(0)
     start = time.perf_counter()
-    if strategy is None:
-        out = model.generate(**batch, **kwargs)
-        passes = 0
-    else:
+    if attach:
         with strategy.attach(model, tokenizer) as run:
             out = model.generate(**batch, **kwargs)
+        if plan.select is not None:
+            candidate_scores(run, plan.select)
         passes = run.report().extra_layer_passes
+    else:
+        out = model.generate(**batch, **kwargs)
+        passes = 0
     elapsed = time.perf_counter() - start
     generated = (out.shape[1] - batch["input_ids"].shape[1]) * out.shape[0]
     return generated / elapsed, passes
@@ -47,36 +72,39 @@ def timed(model, batch, tokens: int, strategy: Strategy | None, tokenizer) -> tu
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--model", default="smollm2-135m", help="an alias, a folder, or `tiny`")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--strategies", nargs="+", default=["baseline", "alrr", "alrr:warmup=20"])
+    parser.add_argument("--strategies", nargs="+", default=SHIPPED)
     args = parser.parse_args()
     torch.set_grad_enabled(False)
-    loaded = load_model(args.model)
+    if args.model == "tiny":
+        model, tokenizer = tiny()
+    else:
+        loaded = load_model(args.model)
+        model, tokenizer = loaded.model, loaded.tokenizer
+    layers = model.config.num_hidden_layers
     strategies = [parse_strategy(s) for s in args.strategies]
-    print(f"model {args.model}, {args.tokens} new tokens, median of {args.repeats}, "
-          f"torch threads {torch.get_num_threads()}")
-    print("| batch | configuration | tokens/s | ratio to plain | extra layer passes / token |")
-    print("|---|---|---|---|---|")
+    print(f"model {args.model} ({layers} layers), {args.tokens} new tokens, median of {args.repeats} after a "
+          f"warm-up round, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print("| batch | configuration | plain tokens/s | tokens/s | ratio to plain | extra layer passes / token | bound |")
+    print("|---|---|---|---|---|---|---|")
     for size in args.batch:
-        batch = encode(loaded.tokenizer, [PROMPT] * size, None)
-        rows: dict[str, list[tuple[float, float, int]]] = {name: [] for name, _ in strategies}
-        plain_runs = []
-        for round_index in range(args.repeats + 1):
-            for name, strategy in strategies:
-                plain, _ = timed(loaded.model, batch, args.tokens, None, loaded.tokenizer)
-                speed, passes = timed(loaded.model, batch, args.tokens, strategy, loaded.tokenizer)
+        batch = encode(tokenizer, [PROMPT] * size, None)
+        for name, strategy in strategies:
+            runs = []
+            for round_index in range(args.repeats + 1):
+                plain, _ = timed(model, tokenizer, batch, args.tokens, strategy, attach=False)
+                speed, passes = timed(model, tokenizer, batch, args.tokens, strategy, attach=True)
                 if round_index:  # round 0 warms up
-                    rows[name].append((speed, speed / plain, passes))
-                    plain_runs.append(plain)
-        print(f"| {size} | plain generate | {statistics.median(plain_runs):.1f} | 1.000 | 0 |")
-        for name, runs in rows.items():
-            speed = statistics.median(r[0] for r in runs)
-            ratio = statistics.median(r[1] for r in runs)
-            passes = statistics.median(r[2] for r in runs) / (args.tokens - 1)
-            print(f"| {size} | {name} | {speed:.1f} | {ratio:.3f} | {passes:.2f} |")
+                    runs.append((plain, speed, speed / plain, passes))
+            plain = statistics.median(r[0] for r in runs)
+            speed = statistics.median(r[1] for r in runs)
+            ratio = statistics.median(r[2] for r in runs)
+            k = statistics.median(r[3] for r in runs) / (args.tokens - 1)  # a pass runs every row of the batch
+            bound = f"{1 / (1 + k / layers + 0.03):.3f}" if k else "—"
+            print(f"| {size} | {name} | {plain:.1f} | {speed:.1f} | {ratio:.3f} | {k:.2f} | {bound} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ ADAPTIVE_OPTIONS = {"k": 1.5, "warmup": 500, "scope": "request", "sample": "toke
 CALIBRATED_OPTIONS = {"q"}
 SAMPLE_OPTIONS = {"temperature", "top_p", "top_k"}
 RETRIEVE_OPTIONS = {"min_cos": 0.5}
-METRICS = {"total": 0, "area": 1, "events": 1, "late_area": 2}  # name -> threshold-like args
+METRICS = {"total": 0, "area": 1, "events": 1, "late_area": 2, "count": 0}  # name -> threshold-like args
 PASS_ONLY = {"ratio", "change"}
 
 

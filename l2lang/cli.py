@@ -1,4 +1,4 @@
-"""The `l2lang` command line: check, fmt, explain, run, trace, calibrate. User errors exit 1 with a message."""
+"""The `l2lang` command line: check, fmt, explain, run, trace, calibrate, eval. User errors exit 1 with a message."""
 
 from __future__ import annotations
 
@@ -96,13 +96,33 @@ def build_parser() -> argparse.ArgumentParser:
                            help="apply the tokenizer's chat template (default: when it has one)")
     calibrate.set_defaults(handler=run_calibrate)
 
+    evaluate = commands.add_parser("eval", help="accuracy and cost of strategies on the same task items")
+    evaluate.add_argument("--model", default=None, metavar="M", help="as for `run` (default: smollm2-135m)")
+    evaluate.add_argument("--strategies", required=True, nargs="+", metavar="S",
+                          help="comma-separated names or files, each with optional :k=v,... params "
+                          "(e.g. baseline,alrr:warmup=32,lrs:n=4)")
+    evaluate.add_argument("--task", required=True, metavar="T",
+                          help="reasoning_gym:NAME[:k=v,...], a BIG-bench task.json, or a JSONL of question/answer")
+    evaluate.add_argument("--baseline", default=None, metavar="S", help="the strategy the paired columns compare "
+                          "with, as listed (default: `baseline` if listed, else the first)")
+    evaluate.add_argument("--n", type=int, default=50, metavar="N", help="items (default 50)")
+    evaluate.add_argument("--seed", type=int, default=0, metavar="S")
+    evaluate.add_argument("--max-new-tokens", type=int, default=256, metavar="K")
+    evaluate.add_argument("--batch-size", type=int, default=8, metavar="B")
+    evaluate.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    evaluate.add_argument("--out", default="eval", metavar="DIR", help="results.jsonl, results.md, report.html "
+                          "(default ./eval; re-running resumes)")
+    evaluate.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                          help="apply the tokenizer's chat template (default: when it has one)")
+    evaluate.set_defaults(handler=run_eval)
+
     explain = commands.add_parser("explain", help="show resolved layers, thresholds and the executor graph")
     explain.add_argument("file", metavar="FILE")
     _model_options(explain)
     _set_option(explain)
     explain.add_argument("--json", action="store_true", help="print the plan as JSON")
     explain.set_defaults(handler=run_explain)
-    for sub in (check, fmt, explain, run, calibrate, trace):
+    for sub in (check, fmt, explain, run, calibrate, trace, evaluate):
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
@@ -190,6 +210,12 @@ def run_calibrate(args) -> int:
     from l2lang.runtime.cli_run import calibrate_command  # torch and transformers load only here
 
     return calibrate_command(args)
+
+
+def run_eval(args) -> int:
+    from l2lang.runtime.cli_run import eval_command  # torch and transformers load only here
+
+    return eval_command(args)
 
 
 def run_generate(args) -> int:

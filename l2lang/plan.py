@@ -227,7 +227,7 @@ class SamplePlan(PlanNode):
 
 class SelectPlan(PlanNode):
     mode: Literal["argmax", "argmin", "vote"]
-    metric: Literal["total", "area", "events", "late_area"]
+    metric: Literal["total", "area", "events", "late_area", "count"]
     layers: tuple[int, ...]
     thresholds: dict[int, float] = {}
     late_fraction: float = 0.3

@@ -53,10 +53,10 @@ def test_shipped_strategies_run_on_smollm2(smol) -> None:
     for name, params in [("alrr", {"warmup": 5}), ("alrr-demo", {"warmup": 5}),
                          ("erss", {"warmup": 5, "streak_length": 3}), ("erss-figure", {"warmup": 5, "streak_length": 3}),
                          ("suppress-high", {"warmup": 5}), ("suppress-random", {"warmup": 5}), ("baseline", {}),
-                         ("lrs", {"n": 2})]:
+                         ("lrs", {"n": 2}), ("vote", {"n": 2})]:
         result = generate(smol.model, smol.tokenizer, strategy(name, **params), PROMPTS[:1], max_new_tokens=8)
         assert result.outputs[0]["text"] is not None
     from l2lang.resources import shipped_strategies
 
     assert {"alrr", "alrr-demo", "erss", "erss-figure", "suppress-high", "suppress-random", "baseline",
-            "lrs"} == set(shipped_strategies())
+            "lrs", "vote"} == set(shipped_strategies())

@@ -1,4 +1,4 @@
-"""`l2lang run`: load a model, attach a strategy, generate, print texts and where the strategy acted."""
+"""The commands that load a model: `run`, `trace`, `calibrate` and `eval`."""
 
 from __future__ import annotations
 
@@ -119,4 +119,31 @@ def run_command(args, overrides: dict[str, str]) -> int:
     fired = ", ".join(f"{k}: {v}" for k, v in result.report.interventions.items() if v) or "nowhere"
     print(f"strategy {args.strategy} ({plan.fingerprint}) on {loaded.model_id}, {plan.layers} layers")
     print(f"fired: {fired}")
+    return 0
+
+
+def eval_command(args) -> int:
+    import torch
+
+    from l2lang.runtime.eval_report import write_report
+    from l2lang.runtime.evaluate import evaluate, markdown_table, parse_arms, summarise
+    from l2lang.runtime.tasks import load_task
+
+    _quiet_transformers()
+    if args.batch_size < 1 or args.max_new_tokens < 1:
+        raise L2Error.one("--batch-size and --max-new-tokens must be at least 1", path="<command line>")
+    arms = parse_arms(args.strategies)
+    if args.baseline is not None and args.baseline not in {a.label for a in arms}:
+        raise L2Error.one(f"--baseline {args.baseline}: not one of the strategies listed", path="<command line>")
+    task = load_task(args.task, args.n, args.seed)
+    loaded = load_model(args.model or DEFAULT_MODEL, dtype=getattr(torch, args.dtype))
+    print(f"l2lang: {len(arms)} strategies × {len(task.items)} items of {args.task} on {loaded.model_id}",
+          file=sys.stderr)
+    records = evaluate(loaded, arms, task, args.out, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                       batch_size=args.batch_size, chat=args.chat, dtype=args.dtype)
+    rows = summarise(records, arms, args.baseline)
+    settings = json.loads((Path(args.out) / "settings.json").read_text())
+    write_report(rows, settings, args.out)
+    print(markdown_table(rows))
+    print(f"\n{args.out}/: results.jsonl, results.md, summary.json, report.html", file=sys.stderr)
     return 0

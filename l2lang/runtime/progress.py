@@ -1,9 +1,9 @@
-"""Progress bars on a terminal, nothing when output is piped."""
+"""Progress bars on a terminal, nothing (or, for long jobs, a line now and then) when output is piped."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 from torch import nn
@@ -19,6 +19,20 @@ def progress(items: Iterable, total: int, description: str) -> Iterable:
     from tqdm import tqdm
 
     return tqdm(items, total=total, desc=description, file=sys.stderr, leave=False)
+
+
+@contextmanager
+def item_progress(total: int, description: str) -> Iterator[Callable[[int], object]]:
+    """For long jobs: a bar with rate and ETA on a terminal, a line every 30 s into a log; yields `advance(n)`."""
+    from tqdm import tqdm
+
+    terminal = _on_terminal()
+    bar = tqdm(total=total, desc=description, file=sys.stderr, leave=not terminal,
+               mininterval=0.1 if terminal else 30, ascii=not terminal)
+    try:
+        yield bar.update
+    finally:
+        bar.close()
 
 
 @contextmanager

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -34,6 +35,8 @@ class Strategy:
 
     def __init__(self, program: Program):
         self.program = program
+        # vectors derived from prompts, per model: derived on the first attach, reused after
+        self.derived: weakref.WeakKeyDictionary[nn.Module, dict[str, torch.Tensor]] = weakref.WeakKeyDictionary()
 
     @property
     def fingerprint(self) -> str:
@@ -93,7 +96,11 @@ class Run:
             tensors = load_file(spec.path)
             vector = tensors[spec.key] if spec.key else next(iter(tensors.values()))
         else:
-            vector = contrast_vector(self.model, self.adapter, self.tokenizer, spec)
+            derived = self.strategy.derived.setdefault(self.model, {})
+            key = f"{id(self.tokenizer)}:{spec.model_dump_json()}"  # derived with this tokenizer
+            if key not in derived:
+                derived[key] = contrast_vector(self.model, self.adapter, self.tokenizer, spec)
+            vector = derived[key]
         vector = vector.reshape(-1)
         if vector.numel() != self.adapter.hidden_size:
             raise L2Error.one(f"vector `{spec.name}` has {vector.numel()} values; the model's hidden size is "

@@ -1,14 +1,73 @@
-"""Prompt sets from task generators: `reasoning_gym:NAME[:k=v,...]` (or a bare NAME).
+"""Evaluation items and their scorers, from three sources (docs/evaluation.md):
 
-reasoning-gym is optional (`pip install 'l2lang[tasks]'`); its seeded generators give the same items
-for the same seed everywhere.
+- `reasoning_gym:NAME[:k=v,...]` (or a bare NAME): the reasoning-gym package's seeded generators,
+  scored by the task's own `score_answer` (optional extra: `pip install 'l2lang[tasks]'`);
+- a BIG-bench `task.json` file: its `examples`, scored by normalised exact match against the
+  target(s), or against the best-scoring option of `target_scores`;
+- a JSONL file with one `{"question": ..., "answer": ...}` per line, scored like BIG-bench.
+
+Every prompt is the question followed by `INSTRUCTION`; `extract_answer` reads the reply.
 """
 
 from __future__ import annotations
 
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
 from l2lang.diagnostics import L2Error
 
 INSTRUCTION = "Think step by step, then end with a final line 'Answer: <answer>'."
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str                  # stable within its source: the generator index or the example's line/index
+    question: str
+    answers: tuple[str, ...]  # accepted answers (the first is shown in reports)
+    prompt: str
+
+
+@dataclass
+class Task:
+    spec: str
+    items: list[Item]
+    scorer: Callable[[int, str], float] = field(repr=False)  # (item index, extracted answer) → score in [0, 1]
+
+    def score(self, index: int, extracted: str) -> float:
+        return float(self.scorer(index, extracted))
+
+
+def load_task(spec: str, n: int, seed: int = 0) -> Task:
+    """n items of the task named by `spec` (a file path ending .json/.jsonl, else a reasoning-gym task)."""
+    if n < 1:
+        raise L2Error.one(f"--n {n}: ask for at least one item", path="<command line>")
+    if spec.endswith((".json", ".jsonl")):
+        path = Path(spec)
+        examples = _bigbench_examples(path) if spec.endswith(".json") else _jsonl_examples(path)
+        chosen = _choose(len(examples), n, seed)
+        items = [Item(str(i), q, a, _prompt(q)) for i, (q, a) in ((i, examples[i]) for i in chosen)]
+        return Task(spec, items, lambda index, text: float(matches(text, items[index].answers)))
+    return _reasoning_gym(spec, n, seed)
+
+
+def task_items(spec: str, n: int, seed: int = 0) -> list[dict]:
+    """n prompts of a task as dicts (for `calibrate --task`)."""
+    return [{"question": i.question, "answer": i.answers[0], "prompt": i.prompt} for i in load_task(spec, n, seed).items]
+
+
+def _prompt(question: str) -> str:
+    return f"{question}\n{INSTRUCTION}"
+
+
+def _choose(total: int, n: int, seed: int) -> list[int]:
+    """The first n of a seeded shuffle: asking for more items later keeps the ones already drawn."""
+    order = list(range(total))
+    random.Random(seed).shuffle(order)
+    return order[:n]
 
 
 def parse_task(spec: str) -> tuple[str, dict]:
@@ -17,7 +76,7 @@ def parse_task(spec: str) -> tuple[str, dict]:
     if parts[0] == "reasoning_gym":
         parts = parts[1:]
     if not parts or not parts[0] or len(parts) > 2:
-        raise L2Error.one(f"--task {spec}: write reasoning_gym:NAME or reasoning_gym:NAME:k=v,...",
+        raise L2Error.one(f"--task {spec}: write reasoning_gym:NAME[:k=v,...], a task.json or a .jsonl file",
                           path="<command line>")
     config = {}
     for item in (parts[1].split(",") if len(parts) == 2 and parts[1] else []):
@@ -34,18 +93,106 @@ def parse_task(spec: str) -> tuple[str, dict]:
     return parts[0], config
 
 
-def task_items(spec: str, n: int, seed: int = 0) -> list[dict]:
-    """n items ({"question", "answer", "prompt"}) of a reasoning-gym task, seeded."""
+def _reasoning_gym(spec: str, n: int, seed: int) -> Task:
     name, config = parse_task(spec)
     try:
         import reasoning_gym
     except ImportError:
-        raise L2Error.one("--task needs the reasoning-gym package: pip install 'l2lang[tasks]'",
+        raise L2Error.one("reasoning-gym tasks need the reasoning-gym package: pip install 'l2lang[tasks]'",
                           path="<command line>") from None
     try:
         dataset = reasoning_gym.create_dataset(name, size=n, seed=seed, **config)
     except Exception as exc:  # reasoning-gym raises ValueError/TypeError/KeyError for unknown names and keys
         raise L2Error.one(f"--task {spec}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
                           path="<command line>") from None
-    return [{"question": item["question"], "answer": str(item["answer"]),
-             "prompt": f"{item['question']}\n{INSTRUCTION}"} for item in dataset]
+    entries = list(dataset)
+    items = [Item(str(i), e["question"], (str(e["answer"]),), _prompt(e["question"])) for i, e in enumerate(entries)]
+    return Task(spec, items, lambda index, text: dataset.score_answer(text, entries[index]))
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeError) as exc:
+        raise L2Error.one(f"cannot read the task file: {exc}", path=str(path)) from None
+
+
+def _bigbench_examples(path: Path) -> list[tuple[str, tuple[str, ...]]]:
+    """(question, accepted answers) from a BIG-bench task.json; options listed for multiple choice."""
+    try:
+        examples = json.loads(_read_text(path))["examples"]
+    except (ValueError, KeyError, TypeError):
+        raise L2Error.one('not a BIG-bench task.json: expected an object with "examples"', path=str(path)) from None
+    out = []
+    for number, example in enumerate(examples):
+        try:
+            question = str(example["input"])
+            if example.get("target_scores"):
+                scores = {str(k): float(v) for k, v in example["target_scores"].items()}
+                best = max(scores.values())
+                question += "\nOptions: " + "; ".join(scores)
+                answers = tuple(k for k, v in scores.items() if v == best)
+            else:
+                target = example["target"]
+                answers = tuple(str(t) for t in (target if isinstance(target, list) else [target]))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise L2Error.one(f'example {number} needs "input" and "target" or "target_scores"',
+                              path=str(path)) from None
+        out.append((question, answers))
+    if not out:
+        raise L2Error.one("the task has no examples", path=str(path))
+    return out
+
+
+def _jsonl_examples(path: Path) -> list[tuple[str, tuple[str, ...]]]:
+    out = []
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            answer = item["answer"]
+            out.append((str(item["question"]), tuple(str(a) for a in (answer if isinstance(answer, list) else [answer]))))
+        except (ValueError, KeyError, TypeError):
+            raise L2Error.one('each line must be a JSON object with "question" and "answer"',
+                              path=f"{path}:{number}") from None
+    if not out:
+        raise L2Error.one("no items in the file", path=str(path))
+    return out
+
+
+_ANSWER_LINE = re.compile(r"answer\s*(?:is)?\s*[:：]\s*(.+)", re.IGNORECASE)
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def extract_answer(text: str) -> str:
+    """The convention: the text after the last `Answer:`, else the last number, else the whole text.
+
+    Markdown emphasis, `$`, `\\boxed{…}` and a trailing full stop are removed from what is found.
+    """
+    found = _ANSWER_LINE.findall(text)
+    if found:
+        return _clean(found[-1])
+    numbers = _NUMBER.findall(text.replace(",", ""))
+    return numbers[-1] if numbers else _clean(text)
+
+
+def _clean(answer: str) -> str:
+    answer = re.sub(r"\\boxed\{(.*)\}", r"\1", answer)
+    return answer.replace("**", "").replace("$", "").strip().rstrip(".").strip()
+
+
+def normalise(answer: str) -> str:
+    """Case-folded, punctuation and surrounding space removed, numbers written canonically ("4.0" → "4")."""
+    text = re.sub(r"[^\w\s.\-]", "", answer.casefold()).strip().rstrip(".").strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return " ".join(text.split())
+    return str(int(number)) if number.is_integer() else repr(number)
+
+
+def matches(extracted: str, answers: tuple[str, ...]) -> bool:
+    """Normalised exact match of the extracted answer against any accepted answer."""
+    got = normalise(extracted)
+    return any(got == normalise(a) for a in answers)

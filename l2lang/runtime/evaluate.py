@@ -1,0 +1,187 @@
+"""`l2lang eval`: every strategy answers the same items; one JSON line per (strategy, item); resumable.
+
+The results file `DIR/results.jsonl` is appended to one chunk of `batch_size` items at a time. A run
+is identified by its settings (model weights, task, seed, token budget, chat, batch size, dtype) and
+each strategy by its fingerprint, so re-running the same command skips what is already recorded and
+finishes the rest (docs/evaluation.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from l2lang.compose import load_program
+from l2lang.diagnostics import L2Error
+from l2lang.runtime.generate import generate
+from l2lang.runtime.progress import item_progress
+from l2lang.runtime.session import Strategy
+from l2lang.runtime.stats import mcnemar_exact, paired_delta, wilson
+from l2lang.runtime.tasks import Task, extract_answer
+
+
+@dataclass
+class Arm:
+    """One strategy under evaluation: its label as written on the command line, and the loaded strategy."""
+
+    label: str
+    strategy: Strategy
+
+
+def parse_arms(texts: list[str]) -> list[Arm]:
+    """`baseline,alrr:warmup=32,k=1,lrs:n=4` → baseline | alrr with {warmup, k} | lrs with {n}.
+
+    Pieces are split at commas; a piece with `=` and no `:` is one more parameter of the piece before.
+    """
+    pieces: list[str] = []
+    for text in texts:
+        for piece in filter(None, (p.strip() for p in text.split(","))):
+            if "=" in piece and ":" not in piece and pieces:
+                pieces[-1] += "," + piece
+            else:
+                pieces.append(piece)
+    arms, seen = [], set()
+    for piece in pieces:
+        if piece in seen:
+            raise L2Error.one(f"--strategies: `{piece}` is listed twice", path="<command line>")
+        seen.add(piece)
+        name, _, params = piece.partition(":")
+        overrides = {}
+        for item in filter(None, params.split(",")):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise L2Error.one(f"--strategies: `{item}` in `{piece}` is not k=v", path="<command line>")
+            overrides[key.strip()] = value.strip()
+        arms.append(Arm(piece, Strategy(load_program(name, overrides))))
+    if not arms:
+        raise L2Error.one("--strategies: name at least one strategy", path="<command line>")
+    return arms
+
+
+def run_key(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_records(path: Path) -> list[dict]:
+    """The recorded lines; a trailing line cut off by an interruption is dropped from the file."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        data = data[: data.rfind(b"\n") + 1]
+        path.write_bytes(data)
+    return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+
+
+def evaluate(loaded, arms: list[Arm], task: Task, out: str | Path, *, seed: int = 0, max_new_tokens: int = 256,
+             batch_size: int = 8, chat: bool | None = None, dtype: str = "float32") -> list[dict]:
+    """Answer every item with every arm (skipping what `out/results.jsonl` holds); return this run's records."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "results.jsonl"
+    settings = {"model": loaded.model_id, "weights_sha256": loaded.weights_sha256, "task": task.spec, "seed": seed,
+                "max_new_tokens": max_new_tokens, "chat": chat, "batch_size": batch_size, "dtype": dtype}
+    key = run_key(settings)
+    for arm in arms:  # every arm's plan is compiled (and refused) before any item is answered
+        arm.strategy.plan_for(loaded.model)
+    done = {(r["run"], r["fingerprint"], r["item"]) for r in read_records(path)}
+    chunks = [task.items[start:start + batch_size] for start in range(0, len(task.items), batch_size)]
+
+    def missing(arm: Arm, chunk: list) -> list:
+        return [i for i in chunk if (key, arm.strategy.fingerprint, i.id) not in done]
+
+    # a chunk with any item missing is answered whole (so sampled answers do not depend on where a run
+    # was cut), and only its missing items are written
+    pending = [(arm, number, chunk) for number, chunk in enumerate(chunks) for arm in arms if missing(arm, chunk)]
+    total = sum(len(missing(arm, chunk)) for arm, _, chunk in pending)
+    with item_progress(total, "eval") as advance, path.open("a", encoding="utf-8") as sink:
+        for arm, number, chunk in pending:
+            wanted = {i.id for i in missing(arm, chunk)}
+            records = _answer(loaded, arm, task, chunk, seed=seed + number * batch_size, run=key, chat=chat,
+                              max_new_tokens=max_new_tokens)
+            sink.write("".join(json.dumps(r) + "\n" for r in records if r["item"] in wanted))
+            sink.flush()
+            os.fsync(sink.fileno())
+            advance(len(wanted))
+    (folder / "settings.json").write_text(json.dumps({**settings, "run": key}, indent=2) + "\n")
+    asked = {(arm.strategy.fingerprint, item.id) for arm in arms for item in task.items}
+    return [r for r in read_records(path) if r["run"] == key and (r["fingerprint"], r["item"]) in asked]
+
+
+def _answer(loaded, arm: Arm, task: Task, items, *, seed: int, run: str, chat, max_new_tokens: int) -> list[dict]:
+    index = {item.id: n for n, item in enumerate(task.items)}
+    start = time.perf_counter()
+    result = generate(loaded.model, loaded.tokenizer, arm.strategy, [i.prompt for i in items], seed=seed, chat=chat,
+                      max_new_tokens=max_new_tokens)
+    seconds = time.perf_counter() - start
+    per = result.plan.sample.count if result.plan.sample else 1
+    requests = result.report.requests
+    records = []
+    for n, (item, output) in enumerate(zip(items, result.outputs)):
+        extracted = extract_answer(output["text"])
+        score = task.score(index[item.id], extracted)
+        records.append({
+            "run": run, "strategy": arm.label, "fingerprint": arm.strategy.fingerprint, "item": item.id,
+            "expected": item.answers[0], "extracted": extracted, "score": score, "correct": score >= 1.0,
+            "tokens": len(output["token_ids"]), "generated": sum(result.lengths[n * per:(n + 1) * per]),
+            "seconds": seconds / len(items),
+            "interventions": sum(len(r["interventions"]) for r in requests[n * per:(n + 1) * per]),
+            "extra_layer_passes": result.report.extra_layer_passes * per, "text": output["text"],
+        })
+    return records
+
+
+def summarise(records: list[dict], arms: list[Arm], reference: str | None = None) -> list[dict]:
+    """One row per arm: accuracy with its Wilson interval, and deltas and McNemar against the reference arm.
+
+    The reference is the arm labelled `reference`, else the one labelled `baseline`, else the first.
+    """
+    by_arm = {arm.label: {r["item"]: r for r in records if r["fingerprint"] == arm.strategy.fingerprint}
+              for arm in arms}
+    reference = reference or next((a.label for a in arms if a.label == "baseline"), arms[0].label)
+    rows = []
+    for arm in arms:
+        mine = by_arm[arm.label]
+        n, right = len(mine), sum(r["correct"] for r in mine.values())
+        generated = sum(r["generated"] for r in mine.values())
+        seconds = sum(r["seconds"] for r in mine.values())
+        row = {"strategy": arm.label, "n": n, "correct": right, "accuracy": right / n if n else 0.0,
+               "wilson95": wilson(right, n),
+               "mean_tokens": sum(r["tokens"] for r in mine.values()) / n if n else 0.0,
+               "tokens_per_s": generated / seconds if seconds else 0.0,
+               "interventions_per_answer": sum(r["interventions"] for r in mine.values()) / n if n else 0.0,
+               "extra_layer_passes_per_token": sum(r["extra_layer_passes"] for r in mine.values()) / generated
+               if generated else 0.0}
+        if arm.label != reference:
+            theirs = by_arm[reference]
+            paired = [i for i in mine if i in theirs]
+            b = sum(mine[i]["correct"] and not theirs[i]["correct"] for i in paired)
+            c = sum(theirs[i]["correct"] and not mine[i]["correct"] for i in paired)
+            delta, low, high = paired_delta(b, c, len(paired))
+            row.update(paired=len(paired), wins=b, losses=c, delta=delta, delta95=(low, high),
+                       mcnemar_p=mcnemar_exact(b, c))
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    reference = next(r["strategy"] for r in rows if "delta" not in r)
+    lines = [f"| strategy | n | accuracy | Wilson 95 % | Δ vs {reference} (95 %) | wins/losses | McNemar p "
+             "| mean tokens | tokens/s | interventions/answer | extra layer passes/token |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        low, high = r["wilson95"]
+        if "delta" in r:
+            dl, dh = r["delta95"]
+            delta = f"{100 * r['delta']:+.1f} ({100 * dl:+.1f}, {100 * dh:+.1f})"
+            versus, p = f"{r['wins']}/{r['losses']}", f"{r['mcnemar_p']:.3f}"
+        else:
+            delta, versus, p = "—", "—", "—"
+        lines.append(f"| {r['strategy']} | {r['n']} | {100 * r['accuracy']:.1f} % | {100 * low:.1f}–{100 * high:.1f} "
+                     f"| {delta} | {versus} | {p} | {r['mean_tokens']:.1f} | {r['tokens_per_s']:.1f} "
+                     f"| {r['interventions_per_answer']:.2f} | {r['extra_layer_passes_per_token']:.2f} |")
+    return "\n".join(lines)

@@ -1,0 +1,169 @@
+"""`l2lang eval`: task sources, the answer convention, the statistics, and a smoke eval on SmolLM2."""
+
+from __future__ import annotations
+
+import json
+from math import comb
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from l2lang import L2Error
+from l2lang.cli import main
+from l2lang.runtime.evaluate import parse_arms, read_records
+from l2lang.runtime.stats import mcnemar_exact, paired_delta, wilson
+from l2lang.runtime.tasks import _choose, extract_answer, load_task, matches
+
+DATA = Path(__file__).parent / "data"
+
+
+# -- statistics ------------------------------------------------------------------------------------
+def test_wilson_and_mcnemar_known_values() -> None:
+    low, high = wilson(0, 10)
+    assert low == 0 and abs(high - 0.2775) < 1e-4  # textbook value
+    low, high = wilson(5, 10)
+    assert abs(low - 0.2366) < 1e-4 and abs(high - 0.7634) < 1e-4
+    assert mcnemar_exact(0, 5) == 2 / 32 and mcnemar_exact(3, 3) == 1.0 and mcnemar_exact(0, 0) == 1.0
+    assert abs(mcnemar_exact(1, 9) - 2 * (1 + 10) / 1024) < 1e-12
+
+
+@given(st.integers(0, 300), st.integers(0, 300))
+def test_wilson_contains_the_estimate(successes: int, extra: int) -> None:
+    n = successes + extra
+    low, high = wilson(successes, n)
+    assert 0 <= low <= high <= 1
+    if n:
+        assert low - 1e-12 <= successes / n <= high + 1e-12
+
+
+@given(st.integers(0, 60), st.integers(0, 60))
+def test_mcnemar_is_the_two_sided_binomial_test(b: int, c: int) -> None:
+    n = b + c
+    brute = sum(comb(n, i) for i in range(n + 1) if comb(n, i) <= comb(n, b)) / 2 ** n if n else 1.0
+    assert abs(mcnemar_exact(b, c) - min(1.0, brute)) < 1e-9 and mcnemar_exact(b, c) == mcnemar_exact(c, b)
+
+
+@given(st.integers(0, 50), st.integers(0, 50), st.integers(0, 50))
+def test_paired_delta_is_antisymmetric_and_brackets_the_difference(b: int, c: int, ties: int) -> None:
+    n = b + c + ties
+    delta, low, high = paired_delta(b, c, n)
+    assert low <= delta <= high
+    if n:
+        assert delta == (b - c) / n
+        minus = paired_delta(c, b, n)
+        assert abs(minus[0] + delta) < 1e-12 and abs(minus[1] + high) < 1e-12
+
+
+# -- tasks -----------------------------------------------------------------------------------------
+def test_extract_answer_convention() -> None:
+    assert extract_answer("so 3 + 4\nAnswer: 7.") == "7"
+    assert extract_answer("it is 12, or 1,500") == "1500"
+    assert extract_answer("**Answer:** $\\boxed{-14}$") == "-14"
+    assert extract_answer("Answer: 3\nwait\nThe answer is: 5") == "5"
+    assert extract_answer("no idea") == "no idea"
+
+
+def test_matches_normalises_case_punctuation_and_numbers() -> None:
+    assert matches("No.", ("No",)) and matches("8.0", ("8",)) and matches(" Nine ", ("9", "nine"))
+    assert not matches("80", ("8",)) and not matches("yes", ("No",))
+
+
+def test_jsonl_and_bigbench_sources(tmp_path: Path) -> None:
+    task = load_task(str(DATA / "arithmetic.jsonl"), 10)
+    assert len(task.items) == 6 and {i.id for i in task.items} == {str(n) for n in range(6)}
+    by_id = {i.id: n for n, i in enumerate(task.items)}
+    assert task.score(by_id["4"], "nine") == 1.0 and task.score(by_id["2"], "8") == 1.0
+    assert task.items[0].prompt.endswith("Answer: <answer>'.")
+    bench = load_task(str(DATA / "bigbench_task.json"), 4, seed=1)
+    by_id = {i.id: (n, i) for n, i in enumerate(bench.items)}
+    n, cat = by_id["0"]
+    assert cat.answers == ("No",) and "Options: Yes; No" in cat.question and bench.score(n, "no") == 1.0
+    assert bench.score(by_id["3"][0], "seven") == 1.0 and bench.score(by_id["2"][0], "8") == 0.0
+    (tmp_path / "bad.jsonl").write_text('{"question": "q"}\n')
+    (tmp_path / "bad.json").write_text('{"examples": [{"input": "q"}]}')
+    for bad, message in [("bad.jsonl", ":1: error: each line"), ("bad.json", "example 0 needs"),
+                         ("missing.jsonl", "cannot read the task file")]:
+        with pytest.raises(L2Error) as caught:
+            load_task(str(tmp_path / bad), 3)
+        assert message in caught.value.render()
+
+
+@given(st.integers(1, 200), st.integers(1, 200), st.integers(0, 10**6))
+def test_asking_for_more_items_keeps_the_ones_drawn(total: int, n: int, seed: int) -> None:
+    fewer, more = _choose(total, n, seed), _choose(total, n + 7, seed)
+    assert more[: len(fewer)] == fewer and len(set(more)) == len(more) == min(total, n + 7)
+
+
+def test_reasoning_gym_items_are_seeded_and_scored_by_the_task() -> None:
+    task = load_task("reasoning_gym:chain_sum", 3, seed=5)
+    assert [i.question for i in task.items] == [i.question for i in load_task("chain_sum", 3, seed=5).items]
+    assert task.score(0, task.items[0].answers[0]) == 1.0 and task.score(0, "nonsense") < 1.0
+
+
+def test_strategy_lists_split_at_commas_and_keep_params() -> None:
+    arms = parse_arms(["baseline,alrr:warmup=32,k=1", "lrs:n=2"])
+    assert [a.label for a in arms] == ["baseline", "alrr:warmup=32,k=1", "lrs:n=2"]
+    assert arms[1].strategy.program.root.params["warmup"] == 32 and arms[1].strategy.program.root.params["k"] == 1
+    with pytest.raises(L2Error, match="listed twice"):
+        parse_arms(["alrr,alrr"])
+    with pytest.raises(L2Error, match="no_such"):
+        parse_arms(["no_such_strategy"])
+
+
+# -- the smoke eval (real model, real tokenizer, real files) ----------------------------------------
+def _eval(out: Path, *extra: str) -> int:
+    return main(["eval", "--model", "smollm2-135m", "--task", str(DATA / "arithmetic.jsonl"), "--n", "5",
+                 "--max-new-tokens", "24", "--out", str(out), *extra])
+
+
+def test_smoke_eval_on_smollm2_resumes_and_batches_like_one_at_a_time(tmp_path: Path, capsys) -> None:
+    arms = ["--strategies", "baseline,alrr:warmup=5,vote:n=2"]
+    assert _eval(tmp_path / "a", *arms, "--batch-size", "2") == 0
+    table = capsys.readouterr().out
+    assert table.startswith("| strategy | n | accuracy") and "| alrr:warmup=5 | 5 |" in table
+    records = read_records(tmp_path / "a" / "results.jsonl")
+    assert len(records) == 15 and {r["strategy"] for r in records} == {"baseline", "alrr:warmup=5", "vote:n=2"}
+    assert sum(r["interventions"] for r in records if r["strategy"] == "alrr:warmup=5") > 0
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert [r["n"] for r in summary["rows"]] == [5, 5, 5] and "mcnemar_p" in summary["rows"][1]
+    html = (tmp_path / "a" / "report.html").read_text()
+    assert "data:image/png;base64," in html and "alrr:warmup=5" in html
+
+    # resume: a line cut off mid-write and a lost chunk are redone, nothing else is
+    path = tmp_path / "a" / "results.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:-4]) + lines[-4][:20])
+    assert _eval(tmp_path / "a", *arms, "--batch-size", "2") == 0
+    rows = json.loads((tmp_path / "a" / "summary.json").read_text())["rows"]
+    assert [_untimed(r) for r in rows] == [_untimed(r) for r in summary["rows"]]
+    again = read_records(path)
+    assert len(again) == 15 and _answers(again) == _answers(records)
+
+    # greedy arms give the same answers whatever the batch size
+    assert _eval(tmp_path / "b", "--strategies", "baseline,alrr:warmup=5", "--batch-size", "5") == 0
+    alone = read_records(tmp_path / "b" / "results.jsonl")
+    greedy = {k: v for k, v in _answers(records).items() if not k[0].startswith("vote")}
+    assert _answers(alone) == greedy
+
+
+def _untimed(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "tokens_per_s"}
+
+
+def _answers(records: list[dict]) -> dict:
+    return {(r["strategy"], r["item"]): (r["text"], r["interventions"]) for r in records}
+
+
+def test_eval_errors_are_clean(tmp_path: Path, capsys) -> None:
+    assert _eval(tmp_path, "--strategies", "baseline", "--n", "0") == 1
+    assert "ask for at least one item" in capsys.readouterr().err
+    assert main(["eval", "--strategies", "baseline", "--task", "reasoning_gym:nope", "--out", str(tmp_path)]) == 1
+    assert "--task reasoning_gym:nope" in capsys.readouterr().err
+
+
+def test_unknown_reference_arm_is_refused_before_any_work(tmp_path: Path, capsys) -> None:
+    assert _eval(tmp_path, "--strategies", "baseline,alrr", "--baseline", "erss") == 1
+    assert "--baseline erss: not one of the strategies listed" in capsys.readouterr().err
+    assert not (tmp_path / "results.jsonl").exists()
