@@ -9,6 +9,7 @@ synchronisation except one `any()` per recursion pass.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import warnings
@@ -273,10 +274,10 @@ class Executor:
                 return ARITH[op](x, y)
             case P.Cmp(ops=ops, operands=operands):
                 values = [self._evaluate(o, step, passes) for o in operands]
-                result: torch.Tensor | bool = True
-                for op, x, y in zip(ops, values, values[1:]):
-                    result = result & COMPARE[op](x, y) & _finite(x) & _finite(y)
-                return result
+                # a comparison with a non-finite operand is false; each operand is checked once
+                checks = [_finite(v) for v in values] + [COMPARE[op](x, y) for op, x, y in zip(ops, values, values[1:])]
+                kept = [c for c in checks if c is not True]
+                return functools.reduce(operator.and_, kept) if kept else True
             case P.Logic(op="not", operands=(operand,)):
                 return ~self._mask(operand, step, passes)
             case P.Logic(op=op, operands=operands):

@@ -37,14 +37,19 @@ class Strategy:
         self.program = program
         # vectors derived from prompts, per model: derived on the first attach, reused after
         self.derived: weakref.WeakKeyDictionary[nn.Module, dict[str, torch.Tensor]] = weakref.WeakKeyDictionary()
+        self.plans: dict[tuple, P.Plan] = {}
 
     @property
     def fingerprint(self) -> str:
         return self.program.fingerprint
 
     def plan_for(self, model: nn.Module) -> P.Plan:
+        """The plan for this model's shape and weights (compiled once per shape, then reused)."""
         adapter = adapt(model)
-        return compile_plan(self.program, adapter.num_layers, adapter.hidden_size, _weights_sha256(model))
+        key = (adapter.num_layers, adapter.hidden_size, _weights_sha256(model))
+        if key not in self.plans:
+            self.plans[key] = compile_plan(self.program, *key)
+        return self.plans[key]
 
     def attach(self, model: nn.Module, tokenizer=None, seed: int = 0, observe_all: bool = False) -> Run:
         """Hooks for the `with` block; `observe_all` records every layer's norm (for traces)."""

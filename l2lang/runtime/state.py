@@ -73,6 +73,7 @@ class Quartiles:
         self.positions = torch.arange(1, 6, dtype=torch.float64, device=device).repeat(streams, 1)
         self.desired = self.positions.clone()
         self.step = torch.tensor(self.PROBS, dtype=torch.float64, device=device)
+        self._markers = torch.arange(5, device=device)[None, :]
 
     def add(self, value: torch.Tensor, mask: torch.Tensor) -> None:
         """Absorb `value[i]` into stream i where `mask[i]` (and the value is finite)."""
@@ -89,33 +90,32 @@ class Quartiles:
         self.count = self.count + mask.to(torch.int64)
 
     def _update(self, x: torch.Tensor, mask: torch.Tensor) -> None:
+        """One P² step. Every change is masked, so streams outside `mask` keep their markers exactly.
+
+        Markers are handled as lists of columns (one `unbind`, one `stack`) rather than indexed in place.
+        """
         q, n = self.heights, self.positions
-        q0 = torch.where(mask & (x < q[:, 0]), x, q[:, 0])
-        q4 = torch.where(mask & (x > q[:, 4]), x, q[:, 4])
-        q = torch.cat([q0[:, None], q[:, 1:4], q4[:, None]], dim=1)
         cell = (x[:, None] >= q[:, 1:4]).sum(dim=1)  # 0..3: the cell x falls in
-        above = torch.arange(5, device=x.device)[None, :] > cell[:, None]
-        n = n + (above & mask[:, None]).to(n.dtype)
-        desired = self.desired + self.step[None, :] * mask[:, None].to(n.dtype)
+        n = n + ((self._markers > cell[:, None]) & mask[:, None]).to(n.dtype)
+        desired = self.desired + self.step * mask[:, None].to(n.dtype)
+        qs, ns, ds = list(q.unbind(1)), list(n.unbind(1)), desired.unbind(1)
+        qs[0] = torch.where(mask & (x < qs[0]), x, qs[0])
+        qs[4] = torch.where(mask & (x > qs[4]), x, qs[4])
         for i in (1, 2, 3):
-            d = desired[:, i] - n[:, i]
-            move = mask & (((d >= 1) & (n[:, i + 1] - n[:, i] > 1)) | ((d <= -1) & (n[:, i - 1] - n[:, i] < -1)))
+            d = ds[i] - ns[i]
+            left, right = ns[i] - ns[i - 1], ns[i + 1] - ns[i]
+            move = mask & (((d >= 1) & (right > 1)) | ((d <= -1) & (left > 1)))
             sign = torch.sign(d)
-            parabolic = q[:, i] + sign / (n[:, i + 1] - n[:, i - 1]) * (
-                (n[:, i] - n[:, i - 1] + sign) * (q[:, i + 1] - q[:, i]) / (n[:, i + 1] - n[:, i])
-                + (n[:, i + 1] - n[:, i] - sign) * (q[:, i] - q[:, i - 1]) / (n[:, i] - n[:, i - 1]))
-            neighbour = torch.where(sign > 0, q[:, i + 1], q[:, i - 1])
-            neighbour_n = torch.where(sign > 0, n[:, i + 1], n[:, i - 1])
-            linear = q[:, i] + sign * (neighbour - q[:, i]) / (neighbour_n - n[:, i])
-            inside = (q[:, i - 1] < parabolic) & (parabolic < q[:, i + 1])
-            new = torch.where(inside, parabolic, linear)
-            q = q.clone()
-            q[:, i] = torch.where(move, new, q[:, i])
-            n = n.clone()
-            n[:, i] = torch.where(move, n[:, i] + sign, n[:, i])
-        self.heights = torch.where(mask[:, None], q, self.heights)
-        self.positions = torch.where(mask[:, None], n, self.positions)
-        self.desired = torch.where(mask[:, None], desired, self.desired)
+            parabolic = qs[i] + sign / (ns[i + 1] - ns[i - 1]) * (
+                (left + sign) * (qs[i + 1] - qs[i]) / right + (right - sign) * (qs[i] - qs[i - 1]) / left)
+            up = sign > 0
+            neighbour = torch.where(up, qs[i + 1], qs[i - 1])
+            neighbour_n = torch.where(up, ns[i + 1], ns[i - 1])
+            linear = qs[i] + sign * (neighbour - qs[i]) / (neighbour_n - ns[i])
+            inside = (qs[i - 1] < parabolic) & (parabolic < qs[i + 1])
+            qs[i] = torch.where(move, torch.where(inside, parabolic, linear), qs[i])
+            ns[i] = torch.where(move, ns[i] + sign, ns[i])
+        self.heights, self.positions, self.desired = torch.stack(qs, dim=1), torch.stack(ns, dim=1), desired
 
     def threshold(self, k: float, iqr_floor: float, warmup: int) -> torch.Tensor:
         """Q3 + k·max(IQR, floor) per stream; NaN until `warmup` values were absorbed."""
