@@ -21,10 +21,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).parent))
-from throughput import PROMPT, parse_strategy, tiny  # noqa: E402
+from throughput import PROMPT, load, parse_strategy  # noqa: E402
 
 from l2lang.runtime.generate import candidate_scores, encode  # noqa: E402
-from l2lang.runtime.models import load_model  # noqa: E402
 
 SYNCING = {"aten._local_scalar_dense.default", "aten.nonzero.default", "aten.masked_select.default",
            "aten._unique2.default", "aten.repeat_interleave.Tensor"}
@@ -81,11 +80,7 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=STRATEGIES)
     args = parser.parse_args()
     torch.set_grad_enabled(False)
-    if args.model == "tiny":
-        model, tokenizer = tiny()
-    else:
-        loaded = load_model(args.model)
-        model, tokenizer = loaded.model, loaded.tokenizer
+    model, tokenizer = load(args.model)
     steps = args.tokens - 1
     print(f"model {args.model}, {args.tokens} new tokens; per decode step, strategy minus plain generate")
     print("| configuration | aten ops b1 | aten ops b16 | host reads/syncs b1 | host reads/syncs b16 "

@@ -15,10 +15,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from throughput import PROMPT, parse_strategy, tiny  # noqa: E402
+from throughput import PROMPT, load, parse_strategy  # noqa: E402
 
 from l2lang.runtime.generate import encode  # noqa: E402
-from l2lang.runtime.models import load_model  # noqa: E402
 
 STRATEGIES = ["baseline", "alrr:warmup=5", "erss:warmup=5,streak_length=4"]
 
@@ -55,21 +54,22 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=STRATEGIES)
     args = parser.parse_args()
     torch.set_grad_enabled(False)
-    if args.model == "tiny":
-        model, tokenizer = tiny()
-    else:
-        loaded = load_model(args.model)
-        model, tokenizer = loaded.model, loaded.tokenizer
+    model, tokenizer = load(args.model)
     batch = encode(tokenizer, [PROMPT] * args.batch, None)
     print(f"model {args.model}, batch {args.batch}, {args.tokens} new tokens")
-    print("| configuration | records MB | banks MB | estimators and counters MB | tensors held | RSS growth MB | peak RSS MB |")
+    print("| configuration | records MB | banks MB | estimators and counters MB | tensors held | RSS growth MB "
+          "| peak RSS MB |")
     print("|---|---|---|---|---|---|---|")
+    kwargs = dict(max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False,
+                  pad_token_id=tokenizer.pad_token_id)
+    before = rss_mb()
+    model.generate(**batch, **kwargs)
+    print(f"| plain generate | — | — | — | — | {rss_mb() - before:.1f} | {rss_mb('VmHWM'):.0f} |", flush=True)
     for text in args.strategies:
         name, strategy = parse_strategy(text)
         before = rss_mb()
         with strategy.attach(model, tokenizer) as run:
-            model.generate(**batch, max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False,
-                           pad_token_id=tokenizer.pad_token_id)
+            model.generate(**batch, **kwargs)
         state = run.executor.history[-1]
         records = tensors_in(state.records)
         banks = tensors_in(state.banks)

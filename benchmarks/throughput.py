@@ -18,18 +18,23 @@ import time
 
 import torch
 
-from l2lang import load_program
+from l2lang import L2Error, load_program
 from l2lang.runtime.generate import candidate_scores, encode
 from l2lang.runtime.models import load_model
 from l2lang.runtime.session import Strategy
 
 PROMPT = "Tom has 3 apples and buys 5 more. How many apples does he have now? Think step by step."
-SHIPPED = ["baseline", "alrr", "alrr:warmup=5", "erss", "erss:warmup=5,streak_length=4", "erss-figure:warmup=5,streak_length=4",
+SHIPPED = ["baseline", "alrr", "alrr:warmup=5", "erss", "erss:warmup=5,streak_length=4",
+           "erss-figure:warmup=5,streak_length=4",
            "suppress-high:warmup=5", "suppress-random:warmup=5", "examples/card.l2:tau=1e9", "lrs:n=4", "vote:n=4"]
 
 
-def tiny():
-    """A random-weight Llama (8 layers, hidden 256) with the default model's tokenizer."""
+def load(name: str):
+    """(model, tokenizer): `tiny` is a random-weight Llama (8 layers, hidden 256) with the default model's
+    tokenizer; any other name goes to `load_model`."""
+    if name != "tiny":
+        loaded = load_model(name)
+        return loaded.model, loaded.tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -79,11 +84,7 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=SHIPPED)
     args = parser.parse_args()
     torch.set_grad_enabled(False)
-    if args.model == "tiny":
-        model, tokenizer = tiny()
-    else:
-        loaded = load_model(args.model)
-        model, tokenizer = loaded.model, loaded.tokenizer
+    model, tokenizer = load(args.model)
     layers = model.config.num_hidden_layers
     strategies = [parse_strategy(s) for s in args.strategies]
     print(f"model {args.model} ({layers} layers), {args.tokens} new tokens, median of {args.repeats} after a "
@@ -93,6 +94,11 @@ def main() -> None:
     for size in args.batch:
         batch = encode(tokenizer, [PROMPT] * size, None)
         for name, strategy in strategies:
+            try:
+                strategy.plan_for(model)
+            except L2Error as exc:
+                print(f"| {size} | {name} | — | — | — | — | does not fit: {exc.diagnostics[0].message} |")
+                continue
             runs = []
             for round_index in range(args.repeats + 1):
                 plain, _ = timed(model, tokenizer, batch, args.tokens, strategy, attach=False)

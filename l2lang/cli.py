@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--model", default=None, metavar="M", help="as for `run` (default: smollm2-135m)")
     source = calibrate.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompts", metavar="FILE.jsonl", help='one {"prompt": ...} per line')
-    source.add_argument("--task", metavar="T", help="reasoning_gym:NAME[:k=v,...] (needs l2lang[tasks])")
+    source.add_argument("--task", metavar="T",
+                        help="reasoning_gym:NAME[:k=v,...], a BIG-bench task.json, or a JSONL of question/answer")
     calibrate.add_argument("--n", type=int, default=32, metavar="N", help="items drawn from --task (default 32)")
     calibrate.add_argument("--out", required=True, metavar="PROFILE.json")
     calibrate.add_argument("--max-new-tokens", type=int, default=64, metavar="N")

@@ -163,6 +163,13 @@ def test_eval_errors_are_clean(tmp_path: Path, capsys) -> None:
     assert "--task reasoning_gym:nope" in capsys.readouterr().err
 
 
+def test_a_damaged_results_file_is_named_not_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"run": "x"}\nnot json\n')
+    with pytest.raises(L2Error, match="not a results line"):
+        read_records(path)
+
+
 def test_unknown_reference_arm_is_refused_before_any_work(tmp_path: Path, capsys) -> None:
     assert _eval(tmp_path, "--strategies", "baseline,alrr", "--baseline", "erss") == 1
     assert "--baseline erss: not one of the strategies listed" in capsys.readouterr().err

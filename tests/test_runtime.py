@@ -248,6 +248,23 @@ def test_vote_returns_the_answer_with_the_highest_summed_score(tmp_path: Path) -
         assert extract_answer(output["text"]) == max(totals, key=totals.__getitem__)
 
 
+def test_vote_count_is_a_plain_majority_vote_over_the_same_samples(tmp_path: Path) -> None:
+    import l2lang
+    from l2lang.runtime.generate import extract_answer
+
+    m = model("llama", 8)
+    weighted = l2lang.generate(m, TOKENIZER, strategy("sample 6 with temperature=1.5\nselect vote total over 2..5\n",
+                                                      tmp_path), ["hello", "abc"], max_new_tokens=6, seed=2)
+    s = strategy("sample 6 with temperature=1.5\nselect vote count over L-1\n", tmp_path)
+    result = l2lang.generate(m, TOKENIZER, s, ["hello", "abc"], max_new_tokens=6, seed=2)
+    for output, other in zip(result.outputs, weighted.outputs):
+        answers = [extract_answer(c["text"]) for c in output["candidates"]]
+        assert [c["text"] for c in output["candidates"]] == [c["text"] for c in other["candidates"]]
+        assert all(c["score"] == 1.0 for c in output["candidates"])
+        counts = {a: answers.count(a) for a in answers}  # insertion order: ties go to the first sampled
+        assert extract_answer(output["text"]) == max(counts, key=counts.__getitem__)
+
+
 def test_the_terminal_progress_bar_leaves_generation_unchanged(monkeypatch) -> None:
     import l2lang
     from l2lang.runtime import progress

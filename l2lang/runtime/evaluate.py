@@ -74,7 +74,16 @@ def read_records(path: Path) -> list[dict]:
     if data and not data.endswith(b"\n"):
         data = data[: data.rfind(b"\n") + 1]
         path.write_bytes(data)
-    return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            raise L2Error.one("not a results line; move the file away to start afresh",
+                              path=f"{path}:{number}") from None
+    return records
 
 
 def evaluate(loaded, arms: list[Arm], task: Task, out: str | Path, *, seed: int = 0, max_new_tokens: int = 256,

@@ -4,7 +4,8 @@
 hooks on the decoder layers the plan needs; `remove()` takes every hook off again. Per layer it
 computes the observations, evaluates the rules read there and applies the actions scheduled there,
 as masked tensor operations over the whole batch: no loop over rows, and no host-device
-synchronisation except one `any()` per recursion pass.
+synchronisation except the `any()` that decides whether a recursion pass runs at all
+(docs/performance.md counts them).
 """
 
 from __future__ import annotations
@@ -275,7 +276,8 @@ class Executor:
             case P.Cmp(ops=ops, operands=operands):
                 values = [self._evaluate(o, step, passes) for o in operands]
                 # a comparison with a non-finite operand is false; each operand is checked once
-                checks = [_finite(v) for v in values] + [COMPARE[op](x, y) for op, x, y in zip(ops, values, values[1:])]
+                checks = [_finite(v) for v in values]
+                checks += [COMPARE[op](x, y) for op, x, y in zip(ops, values, values[1:])]
                 kept = [c for c in checks if c is not True]
                 return functools.reduce(operator.and_, kept) if kept else True
             case P.Logic(op="not", operands=(operand,)):

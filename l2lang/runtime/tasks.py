@@ -48,15 +48,18 @@ def load_task(spec: str, n: int, seed: int = 0) -> Task:
     if spec.endswith((".json", ".jsonl")):
         path = Path(spec)
         examples = _bigbench_examples(path) if spec.endswith(".json") else _jsonl_examples(path)
-        chosen = _choose(len(examples), n, seed)
-        items = [Item(str(i), q, a, _prompt(q)) for i, (q, a) in ((i, examples[i]) for i in chosen)]
+        items = []
+        for i in _choose(len(examples), n, seed):
+            question, answers = examples[i]
+            items.append(Item(str(i), question, answers, _prompt(question)))
         return Task(spec, items, lambda index, text: float(matches(text, items[index].answers)))
     return _reasoning_gym(spec, n, seed)
 
 
 def task_items(spec: str, n: int, seed: int = 0) -> list[dict]:
     """n prompts of a task as dicts (for `calibrate --task`)."""
-    return [{"question": i.question, "answer": i.answers[0], "prompt": i.prompt} for i in load_task(spec, n, seed).items]
+    items = load_task(spec, n, seed).items
+    return [{"question": i.question, "answer": i.answers[0], "prompt": i.prompt} for i in items]
 
 
 def _prompt(question: str) -> str:
@@ -152,7 +155,8 @@ def _jsonl_examples(path: Path) -> list[tuple[str, tuple[str, ...]]]:
         try:
             item = json.loads(line)
             answer = item["answer"]
-            out.append((str(item["question"]), tuple(str(a) for a in (answer if isinstance(answer, list) else [answer]))))
+            answers = answer if isinstance(answer, list) else [answer]
+            out.append((str(item["question"]), tuple(str(a) for a in answers)))
         except (ValueError, KeyError, TypeError):
             raise L2Error.one('each line must be a JSON object with "question" and "answer"',
                               path=f"{path}:{number}") from None
