@@ -139,10 +139,9 @@ def eval_command(args) -> int:
     loaded = load_model(args.model or DEFAULT_MODEL, dtype=getattr(torch, args.dtype))
     print(f"l2lang: {len(arms)} strategies × {len(task.items)} items of {args.task} on {loaded.model_id}",
           file=sys.stderr)
-    records = evaluate(loaded, arms, task, args.out, seed=args.seed, max_new_tokens=args.max_new_tokens,
-                       batch_size=args.batch_size, chat=args.chat, dtype=args.dtype)
+    records, settings = evaluate(loaded, arms, task, args.out, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                                 batch_size=args.batch_size, chat=args.chat, dtype=args.dtype)
     rows = summarise(records, arms, args.baseline)
-    settings = json.loads((Path(args.out) / "settings.json").read_text())
     write_report(rows, settings, args.out)
     print(markdown_table(rows))
     print(f"\n{args.out}/: results.jsonl, results.md, summary.json, report.html", file=sys.stderr)

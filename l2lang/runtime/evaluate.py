@@ -87,8 +87,11 @@ def read_records(path: Path) -> list[dict]:
 
 
 def evaluate(loaded, arms: list[Arm], task: Task, out: str | Path, *, seed: int = 0, max_new_tokens: int = 256,
-             batch_size: int = 8, chat: bool | None = None, dtype: str = "float32") -> list[dict]:
-    """Answer every item with every arm (skipping what `out/results.jsonl` holds); return this run's records."""
+             batch_size: int = 8, chat: bool | None = None, dtype: str = "float32") -> tuple[list[dict], dict]:
+    """Answer every item with every arm (skipping what `out/results.jsonl` holds).
+
+    Returns this run's records and its settings (also written to `out/settings.json`).
+    """
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "results.jsonl"
@@ -99,6 +102,7 @@ def evaluate(loaded, arms: list[Arm], task: Task, out: str | Path, *, seed: int 
         arm.strategy.plan_for(loaded.model)
     done = {(r["run"], r["fingerprint"], r["item"]) for r in read_records(path)}
     chunks = [task.items[start:start + batch_size] for start in range(0, len(task.items), batch_size)]
+    position = {item.id: n for n, item in enumerate(task.items)}  # what the task's scorer is keyed by
 
     def missing(arm: Arm, chunk: list) -> list:
         return [i for i in chunk if (key, arm.strategy.fingerprint, i.id) not in done]
@@ -110,19 +114,20 @@ def evaluate(loaded, arms: list[Arm], task: Task, out: str | Path, *, seed: int 
     with item_progress(total, "eval") as advance, path.open("a", encoding="utf-8") as sink:
         for arm, number, chunk in pending:
             wanted = {i.id for i in missing(arm, chunk)}
-            records = _answer(loaded, arm, task, chunk, seed=seed + number * batch_size, run=key, chat=chat,
-                              max_new_tokens=max_new_tokens)
+            records = _answer(loaded, arm, task, chunk, position, seed=seed + number * batch_size, run=key,
+                              chat=chat, max_new_tokens=max_new_tokens)
             sink.write("".join(json.dumps(r) + "\n" for r in records if r["item"] in wanted))
             sink.flush()
             os.fsync(sink.fileno())
             advance(len(wanted))
-    (folder / "settings.json").write_text(json.dumps({**settings, "run": key}, indent=2) + "\n")
+    settings["run"] = key
+    (folder / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
     asked = {(arm.strategy.fingerprint, item.id) for arm in arms for item in task.items}
-    return [r for r in read_records(path) if r["run"] == key and (r["fingerprint"], r["item"]) in asked]
+    return [r for r in read_records(path) if r["run"] == key and (r["fingerprint"], r["item"]) in asked], settings
 
 
-def _answer(loaded, arm: Arm, task: Task, items, *, seed: int, run: str, chat, max_new_tokens: int) -> list[dict]:
-    index = {item.id: n for n, item in enumerate(task.items)}
+def _answer(loaded, arm: Arm, task: Task, items, position: dict[str, int], *, seed: int, run: str, chat,
+            max_new_tokens: int) -> list[dict]:
     start = time.perf_counter()
     result = generate(loaded.model, loaded.tokenizer, arm.strategy, [i.prompt for i in items], seed=seed, chat=chat,
                       max_new_tokens=max_new_tokens)
@@ -132,7 +137,7 @@ def _answer(loaded, arm: Arm, task: Task, items, *, seed: int, run: str, chat, m
     records = []
     for n, (item, output) in enumerate(zip(items, result.outputs)):
         extracted = extract_answer(output["text"])
-        score = task.score(index[item.id], extracted)
+        score = task.score(position[item.id], extracted)
         records.append({
             "run": run, "strategy": arm.label, "fingerprint": arm.strategy.fingerprint, "item": item.id,
             "expected": item.answers[0], "extracted": extracted, "score": score, "correct": score >= 1.0,
