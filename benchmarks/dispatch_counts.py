@@ -23,7 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).parent))
 from throughput import PROMPT, load, parse_strategy  # noqa: E402
 
-from l2lang.runtime.generate import candidate_scores, encode  # noqa: E402
+from l2lang.backends.hf.generate import candidate_scores, encode  # noqa: E402
 
 SYNCING = {"aten._local_scalar_dense.default", "aten.nonzero.default", "aten.masked_select.default",
            "aten._unique2.default", "aten.repeat_interleave.Tensor"}

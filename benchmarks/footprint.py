@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from throughput import PROMPT, load, parse_strategy  # noqa: E402
 
-from l2lang.runtime.generate import encode  # noqa: E402
+from l2lang.backends.hf.generate import encode  # noqa: E402
 
 STRATEGIES = ["baseline", "alrr:warmup=5", "erss:warmup=5,streak_length=4"]
 

@@ -11,7 +11,7 @@ import time
 
 from l2lang import compile_plan, load_program
 from l2lang.resources import shipped_strategies
-from l2lang.syntax.parser import _lark
+from l2lang.lang.parser import _lark
 
 
 def main() -> None:

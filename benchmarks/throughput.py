@@ -19,9 +19,9 @@ import time
 import torch
 
 from l2lang import L2Error, load_program
-from l2lang.runtime.generate import candidate_scores, encode
-from l2lang.runtime.models import load_model
-from l2lang.runtime.session import Strategy
+from l2lang.backends.hf.generate import candidate_scores, encode
+from l2lang.backends.hf.models import load_model
+from l2lang.backends.hf.attach import Strategy
 
 PROMPT = "Tom has 3 apples and buys 5 more. How many apples does he have now? Think step by step."
 SHIPPED = ["baseline", "alrr", "alrr:warmup=5", "erss", "erss:warmup=5,streak_length=4",

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from l2lang.check import check_program
-from l2lang.compose import Program, load_program
-from l2lang.diagnostics import L2Error
+from l2lang.lang.check import check_program
+from l2lang.lang.compose import Program, load_program
+from l2lang.errors import L2Error
 from l2lang.plan import Plan, compile_plan
-from l2lang.syntax.format import format_strategy
-from l2lang.syntax.parser import parse
+from l2lang.lang.format import format_strategy
+from l2lang.lang.parser import parse
 
 if TYPE_CHECKING:
-    from l2lang.runtime.generate import generate
-    from l2lang.runtime.session import Strategy
+    from l2lang.backends.hf.generate import generate
+    from l2lang.backends.hf.attach import Strategy
 
 __all__ = ["L2Error", "Plan", "Program", "Strategy", "check_program", "compile_plan", "format_strategy",
            "generate", "load", "load_program", "parse"]
@@ -27,18 +27,18 @@ __version__ = "0.1.0"
 
 def load(target: str, **params: float) -> Strategy:
     """Load a shipped strategy by name (`"alrr"`) or a `.l2` file, overriding params by keyword."""
-    from l2lang.runtime.session import Strategy
+    from l2lang.backends.hf.attach import Strategy
 
     return Strategy(load_program(target, {name: str(value) for name, value in params.items()}))
 
 
 def __getattr__(name: str):
     if name == "generate":
-        from l2lang.runtime.generate import generate
+        from l2lang.backends.hf.generate import generate
 
         return generate
     if name == "Strategy":
-        from l2lang.runtime.session import Strategy
+        from l2lang.backends.hf.attach import Strategy
 
         return Strategy
     raise AttributeError(f"module 'l2lang' has no attribute {name!r}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from l2lang import ir
+from l2lang.lang import ir
 
 NAMES = st.sampled_from(["a", "b", "tau", "x_1", "beta", "v", "Gamma", "high", "L", "l", "norms", "mixer"])
 STRINGS = st.text(st.characters(blacklist_characters='"\\\x7f', blacklist_categories=("Cs", "Cc")), max_size=12)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from l2lang.cli import main
+from l2lang.cli.main import main
 from l2lang.plan import Plan
 from l2lang.resources import shipped_strategies
 
@@ -76,6 +76,6 @@ def test_console_script_reports_bad_files_without_a_traceback(tmp_path: Path) ->
     deep.write_text("param a = " + "not " * 20000 + "1\n")
     missing = tmp_path / "missing.l2"
     for path in (bad, deep, missing):
-        run = subprocess.run([sys.executable, "-m", "l2lang.cli", "check", str(path)], capture_output=True, text=True)
+        run = subprocess.run([sys.executable, "-m", "l2lang.cli.main", "check", str(path)], capture_output=True, text=True)
         assert run.returncode == 1, run
         assert "Traceback" not in run.stderr and "error:" in run.stderr, run.stderr

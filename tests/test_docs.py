@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from l2lang.resources import shipped_strategies
-from l2lang.syntax.parser import keywords
+from l2lang.lang.parser import keywords
 
 DOCS = Path(__file__).parents[1] / "docs"
 

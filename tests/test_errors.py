@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from l2lang.cli import main
+from l2lang.cli.main import main
 
 ERRORS = Path(__file__).parent / "errors"
 CASES = sorted(p.stem for p in ERRORS.glob("*.l2"))

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from l2lang import L2Error
-from l2lang.cli import main
-from l2lang.runtime.models import PackagedModel, _fetch, load_model
+from l2lang.cli.main import main
+from l2lang.backends.hf.models import PackagedModel, _fetch, load_model
 from tests.tiny_models import tiny_model, tiny_tokenizer
 
 CARD = str(Path(__file__).parents[1] / "examples" / "card.l2")
@@ -138,7 +138,7 @@ def test_run_lrs_lists_every_candidate_and_the_winner(model_folder: str, capsys)
 
 
 def test_calibrate_on_a_seeded_reasoning_gym_task(model_folder: str, tmp_path: Path, capsys) -> None:
-    from l2lang.runtime.tasks import task_items
+    from l2lang.apps.tasks import task_items
 
     items = task_items("reasoning_gym:basic_arithmetic", 3, seed=1)
     assert items == task_items("basic_arithmetic", 3, seed=1) and all("Answer:" in i["prompt"] for i in items)

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from l2lang import load_program
-from l2lang.runtime.generate import encode, generate
-from l2lang.runtime.models import load_model
-from l2lang.runtime.session import Strategy
+from l2lang.backends.hf.generate import encode, generate
+from l2lang.backends.hf.models import load_model
+from l2lang.backends.hf.attach import Strategy
 
 pytestmark = pytest.mark.slow
 CARD = Path(__file__).parents[1] / "examples" / "card.l2"

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from l2lang.runtime.state import Bank, Quartiles, request_keys, uniform
+from l2lang.engine.state import Bank, Quartiles, request_keys, uniform
 
 CPU = torch.device("cpu")
 

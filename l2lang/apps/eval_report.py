@@ -9,7 +9,7 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from l2lang.runtime.evaluate import markdown_table
+from l2lang.apps.evaluate import markdown_table
 
 
 def write_report(rows: list[dict], settings: dict, folder: str | Path) -> None:

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from l2lang.compose import Program
-from l2lang.runtime.generate import generate
-from l2lang.runtime.session import Strategy, observe_only
+from l2lang.lang.compose import Program
+from l2lang.backends.hf.generate import generate
+from l2lang.backends.hf.attach import Strategy, observe_only
 
 STEP_BY_STEP = " Think step by step, then give the answer."
 DIRECT = " Give only the answer, with no explanation."

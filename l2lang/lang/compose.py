@@ -11,11 +11,11 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from l2lang import ir
-from l2lang.diagnostics import L2Error, Span
+from l2lang.lang import ir
+from l2lang.errors import L2Error, Span
 from l2lang.resources import shipped_strategies
-from l2lang.syntax.format import expr as format_expr
-from l2lang.syntax.parser import ascii_name, decode_source, parse
+from l2lang.lang.format import expr as format_expr
+from l2lang.lang.parser import ascii_name, decode_source, parse
 
 MAX_USE_DEPTH = 8
 Value = int | float

@@ -7,11 +7,11 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
-from l2lang.compose import load_program
-from l2lang.diagnostics import L2Error
-from l2lang.runtime.generate import generate
-from l2lang.runtime.models import DEFAULT_MODEL, load_model
-from l2lang.runtime.session import Strategy
+from l2lang.lang.compose import load_program
+from l2lang.errors import L2Error
+from l2lang.backends.hf.generate import generate
+from l2lang.backends.hf.models import DEFAULT_MODEL, load_model
+from l2lang.backends.hf.attach import Strategy
 
 
 def read_prompts(args) -> list[str]:
@@ -44,8 +44,8 @@ def _quiet_transformers() -> None:
 
 
 def trace_command(args, overrides: dict[str, str]) -> int:
-    from l2lang.runtime.session import observe_only
-    from l2lang.runtime.trace import trace
+    from l2lang.backends.hf.attach import observe_only
+    from l2lang.apps.trace import trace
 
     _quiet_transformers()
     program = observe_only() if args.observe else load_program(args.strategy, overrides)
@@ -63,11 +63,11 @@ def trace_command(args, overrides: dict[str, str]) -> int:
 
 
 def calibrate_command(args) -> int:
-    from l2lang.runtime.calibrate import calibrate, write_profile
+    from l2lang.apps.calibrate import calibrate, write_profile
 
     _quiet_transformers()
     if args.task:
-        from l2lang.runtime.tasks import task_items
+        from l2lang.apps.tasks import task_items
 
         prompts = [item["prompt"] for item in task_items(args.task, args.n, args.seed)]
     else:
@@ -125,9 +125,9 @@ def run_command(args, overrides: dict[str, str]) -> int:
 def eval_command(args) -> int:
     import torch
 
-    from l2lang.runtime.eval_report import write_report
-    from l2lang.runtime.evaluate import evaluate, markdown_table, parse_arms, summarise
-    from l2lang.runtime.tasks import load_task
+    from l2lang.apps.eval_report import write_report
+    from l2lang.apps.evaluate import evaluate, markdown_table, parse_arms, summarise
+    from l2lang.apps.tasks import load_task
 
     _quiet_transformers()
     if args.batch_size < 1 or args.max_new_tokens < 1:

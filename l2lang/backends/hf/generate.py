@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
-from l2lang.diagnostics import L2Error
-from l2lang.runtime.progress import decode_progress
-from l2lang.runtime.session import Report, Strategy
-from l2lang.runtime.tasks import extract_answer
+from l2lang.errors import L2Error
+from l2lang.apps.progress import decode_progress
+from l2lang.backends.hf.attach import Report, Strategy
+from l2lang.apps.tasks import extract_answer
 
 
 @dataclass

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from l2lang.diagnostics import L2Error
+from l2lang.errors import L2Error
 
 
 @dataclass(frozen=True)

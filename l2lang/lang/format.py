@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 
-from l2lang import ir
-from l2lang.syntax.parser import keywords
+from l2lang.lang import ir
+from l2lang.lang.parser import keywords
 
 # Binding strength, loosest first; an operand binding looser than its context gets parentheses.
 OR, AND, NOT, COMPARE, SUM, PRODUCT, UNARY, ATOM = range(8)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from l2lang.diagnostics import L2Error
+from l2lang.errors import L2Error
 
 LAYER_PATHS = {
     "llama": "model.layers",

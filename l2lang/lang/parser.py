@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
-from l2lang import ir
-from l2lang.diagnostics import L2Error, Span
+from l2lang.lang import ir
+from l2lang.errors import L2Error, Span
 from l2lang.resources import grammar_text
 
 MAX_FILE_BYTES = 1 << 20

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 from l2lang.plan import QUANTILE_KEYS
-from l2lang.runtime.generate import generate
-from l2lang.runtime.progress import progress
-from l2lang.runtime.session import Strategy, observe_only
+from l2lang.backends.hf.generate import generate
+from l2lang.apps.progress import progress
+from l2lang.backends.hf.attach import Strategy, observe_only
 
 PROFILE_FORMAT = "l2lang-profile/1"
 

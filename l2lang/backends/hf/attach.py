@@ -16,12 +16,12 @@ import torch
 from torch import nn
 
 from l2lang import plan as P
-from l2lang.compose import Program, compose
-from l2lang.diagnostics import L2Error
+from l2lang.lang.compose import Program, compose
+from l2lang.errors import L2Error
 from l2lang.plan import compile_plan
-from l2lang.runtime.adapters import adapt
-from l2lang.runtime.executor import Executor
-from l2lang.syntax.parser import parse
+from l2lang.backends.hf.layers import adapt
+from l2lang.engine.executor import Executor
+from l2lang.lang.parser import parse
 
 
 def observe_only() -> Program:

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from l2lang.diagnostics import L2Error
+from l2lang.errors import L2Error
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from l2lang.compose import load_program
-from l2lang.diagnostics import L2Error
-from l2lang.runtime.generate import generate
-from l2lang.runtime.progress import item_progress
-from l2lang.runtime.session import Strategy
-from l2lang.runtime.stats import mcnemar_exact, paired_delta, wilson
-from l2lang.runtime.tasks import Task, extract_answer
+from l2lang.lang.compose import load_program
+from l2lang.errors import L2Error
+from l2lang.backends.hf.generate import generate
+from l2lang.apps.progress import item_progress
+from l2lang.backends.hf.attach import Strategy
+from l2lang.apps.stats import mcnemar_exact, paired_delta, wilson
+from l2lang.apps.tasks import Task, extract_answer
 
 
 @dataclass

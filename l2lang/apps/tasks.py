@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from l2lang.diagnostics import L2Error
+from l2lang.errors import L2Error
 
 INSTRUCTION = "Think step by step, then end with a final line 'Answer: <answer>'."
 

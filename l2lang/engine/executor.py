@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from l2lang import plan as P
-from l2lang.diagnostics import L2Error
-from l2lang.runtime.adapters import ModelAdapter
-from l2lang.runtime.cache_view import FrozenView, RefreshView
-from l2lang.runtime.state import Bank, Quartiles, request_keys, uniform
+from l2lang.errors import L2Error
+from l2lang.backends.hf.layers import ModelAdapter
+from l2lang.backends.hf.cache import FrozenView, RefreshView
+from l2lang.engine.state import Bank, Quartiles, request_keys, uniform
 
 COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq,
            "!=": operator.ne}

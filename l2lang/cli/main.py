@@ -6,13 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from l2lang.check import check_program
-from l2lang.compose import load_program, read_strategy_file, resolve_target
-from l2lang.diagnostics import L2Error
-from l2lang.explain import explain_text
-from l2lang.model_shape import resolve_shape
+from l2lang.lang.check import check_program
+from l2lang.lang.compose import load_program, read_strategy_file, resolve_target
+from l2lang.errors import L2Error
+from l2lang.plan.explain import explain_text
+from l2lang.plan.shape import resolve_shape
 from l2lang.plan import compile_plan
-from l2lang.syntax.format import format_strategy
+from l2lang.lang.format import format_strategy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,25 +202,25 @@ def run_explain(args) -> int:
 
 
 def run_trace(args) -> int:
-    from l2lang.runtime.cli_run import trace_command  # torch and transformers load only here
+    from l2lang.cli.commands import trace_command  # torch and transformers load only here
 
     return trace_command(args, parse_sets(args.set))
 
 
 def run_calibrate(args) -> int:
-    from l2lang.runtime.cli_run import calibrate_command  # torch and transformers load only here
+    from l2lang.cli.commands import calibrate_command  # torch and transformers load only here
 
     return calibrate_command(args)
 
 
 def run_eval(args) -> int:
-    from l2lang.runtime.cli_run import eval_command  # torch and transformers load only here
+    from l2lang.cli.commands import eval_command  # torch and transformers load only here
 
     return eval_command(args)
 
 
 def run_generate(args) -> int:
-    from l2lang.runtime.cli_run import run_command  # torch and transformers load only for `run`
+    from l2lang.cli.commands import run_command  # torch and transformers load only for `run`
 
     return run_command(args, parse_sets(args.set))
 

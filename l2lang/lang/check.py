@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import PurePosixPath
 
-from l2lang import ir
-from l2lang.compose import Program, Unit, constant
-from l2lang.diagnostics import Diagnostic, L2Error, Span
-from l2lang.syntax.format import expr as show
+from l2lang.lang import ir
+from l2lang.lang.compose import Program, Unit, constant
+from l2lang.errors import Diagnostic, L2Error, Span
+from l2lang.lang.format import expr as show
 
 MAX_PASSES = 64
 MAX_SAMPLES = 64

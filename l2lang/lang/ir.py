@@ -13,7 +13,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from l2lang.diagnostics import Span
+from l2lang.errors import Span
 
 
 class Node(BaseModel):

@@ -1,0 +1,1 @@
+"""Inference engines l2lang runs inside; each backend is its own package."""

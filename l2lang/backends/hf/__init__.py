@@ -1,0 +1,1 @@
+"""The Hugging Face `transformers` backend: hooks on decoder layers inside `model.generate`."""

@@ -1,0 +1,1 @@
+"""The language: grammar loading and parsing, the formatter, the typed IR, composition (`use`) and checks."""
