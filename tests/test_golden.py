@@ -18,6 +18,7 @@ def test_recorded_behaviour_is_kept(family, name, target, params, tmp_path) -> N
     got = run_case(name, target, params, tmp_path, family)
     want = RECORDED[f"{family}/{name}"]
     scores, want_scores = got.pop("scores", None), want.pop("scores", None)
-    assert got == {k: v for k, v in want.items()}
+    assert got == want
     if want_scores is not None:
-        assert scores == pytest.approx(want_scores, rel=1e-4, abs=1e-3)
+        for row, want_row in zip(scores, want_scores, strict=True):
+            assert row == pytest.approx(want_row, rel=1e-4, abs=1e-3)
