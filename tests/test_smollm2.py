@@ -60,3 +60,13 @@ def test_shipped_strategies_run_on_smollm2(smol) -> None:
 
     assert {"alrr", "alrr-demo", "erss", "erss-figure", "suppress-high", "suppress-random", "baseline",
             "lrs", "vote"} == set(shipped_strategies())
+
+
+def test_recorded_runs_are_reproduced(smol) -> None:
+    """Greedy tokens and intervention counts of tests/golden/cases.py's SmolLM2 cases, as recorded."""
+    import json
+
+    from tests.golden.cases import record_smollm2
+
+    recorded = json.loads((Path(__file__).parent / "data" / "golden_smollm2.json").read_text())
+    assert record_smollm2(smol.model, smol.tokenizer) == recorded

@@ -85,3 +85,24 @@ def record_all(tmp_dir) -> dict:
     torch.set_num_threads(1)
     return {f"{family}/{name}": run_case(name, target, params, tmp_dir, family)
             for family in ("llama", "qwen2") for name, target, params in cases()}
+
+
+SMOLLM2_CASES = [
+    ("card-fires", "examples/card.l2", {"tau": 1e9}),
+    ("alrr", "alrr", {"warmup": 8}),
+    ("erss", "erss", {"warmup": 8, "streak_length": 3, "p": 1, "cool": 2}),
+    ("suppress-random", "suppress-random", {"warmup": 8}),
+    ("lrs", "lrs", {"n": 2}),
+]
+
+
+def record_smollm2(model, tokenizer) -> dict:
+    """The same records on SmolLM2-135M (the real model; a slow test compares them)."""
+    out = {}
+    for name, target, params in SMOLLM2_CASES:
+        result = l2lang.generate(model, tokenizer, l2lang.load(target, **params), PROMPTS, seed=7,
+                                 max_new_tokens=24)
+        out[name] = {"tokens": [o["token_ids"] for o in result.outputs],
+                     "interventions": result.report.interventions,
+                     "requests": [len(r["interventions"]) for r in result.report.requests]}
+    return out
