@@ -23,7 +23,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).parent))
 from throughput import PROMPT, load, parse_strategy  # noqa: E402
 
-from l2lang.backends.hf.generate import candidate_scores, encode  # noqa: E402
+from l2lang.backends.hf.attach import Run, plan_for
+from l2lang.backends.hf.generate import encode
+from l2lang.engine.select import candidate_scores  # noqa: E402
 
 SYNCING = {"aten._local_scalar_dense.default", "aten.nonzero.default", "aten.masked_select.default",
            "aten._unique2.default", "aten.repeat_interleave.Tensor"}
@@ -44,7 +46,7 @@ class Counting(TorchDispatchMode):
 def count(model, tokenizer, batch, tokens: int, strategy=None) -> tuple[int, int, int]:
     """(aten ops, syncing ops, l2lang Python calls) over one generate call."""
     kwargs = dict(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    plan = strategy.plan_for(model) if strategy else None
+    plan = plan_for(strategy, model) if strategy else None
     if plan is not None and plan.sample is not None:
         kwargs.update(do_sample=True, num_return_sequences=plan.sample.count, temperature=plan.sample.temperature)
     calls = 0
@@ -63,10 +65,10 @@ def count(model, tokenizer, batch, tokens: int, strategy=None) -> tuple[int, int
             if strategy is None:
                 model.generate(**batch, **kwargs)
             else:
-                with strategy.attach(model, tokenizer) as run:
+                with Run(strategy, model, tokenizer, 0, caller_selects=True) as run:
                     model.generate(**batch, **kwargs)
                 if plan.select is not None:
-                    candidate_scores(run, plan.select)
+                    candidate_scores(*run.last_call(), plan.select)
     finally:
         sys.setprofile(None)
     syncs = sum(n for op, n in mode.ops.items() if op in SYNCING)

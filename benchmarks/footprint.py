@@ -17,6 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from throughput import PROMPT, load, parse_strategy  # noqa: E402
 
+from l2lang.backends.hf.attach import Run  # noqa: E402
 from l2lang.backends.hf.generate import encode  # noqa: E402
 
 STRATEGIES = ["baseline", "alrr:warmup=5", "erss:warmup=5,streak_length=4"]
@@ -68,12 +69,12 @@ def main() -> None:
     for text in args.strategies:
         name, strategy = parse_strategy(text)
         before = rss_mb()
-        with strategy.attach(model, tokenizer) as run:
+        with Run(strategy, model, tokenizer, 0, caller_selects=True) as run:
             model.generate(**batch, **kwargs)
-        state = run.executor.history[-1]
-        records = tensors_in(state.records)
+        state = run.executor.table
+        records = tensors_in(run.executor.records)
         banks = tensors_in(state.banks)
-        rest = [t for k, v in vars(state).items() if k not in ("records", "banks") for t in tensors_in(v)]
+        rest = [t for k, v in vars(state).items() if k not in ("banks", "plan") for t in tensors_in(v)]
         held = len(records) + len(banks) + len(rest)
         print(f"| {name} | {megabytes(records):.2f} | {megabytes(banks):.2f} | {megabytes(rest):.3f} | {held} "
               f"| {rss_mb() - before:.1f} | {rss_mb('VmHWM'):.0f} |", flush=True)

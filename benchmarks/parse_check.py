@@ -10,8 +10,8 @@ import statistics
 import time
 
 from l2lang import compile_plan, load_program
-from l2lang.resources import shipped_strategies
 from l2lang.lang.parser import _lark
+from l2lang.resources import shipped_strategies
 
 
 def main() -> None:

@@ -19,9 +19,11 @@ import time
 import torch
 
 from l2lang import L2Error, load_program
-from l2lang.backends.hf.generate import candidate_scores, encode
+from l2lang.backends.hf.attach import Run, plan_for
+from l2lang.backends.hf.generate import encode
 from l2lang.backends.hf.models import load_model
-from l2lang.backends.hf.attach import Strategy
+from l2lang.engine.select import candidate_scores
+from l2lang.engine.strategy import Strategy
 
 PROMPT = "Tom has 3 apples and buys 5 more. How many apples does he have now? Think step by step."
 SHIPPED = ["baseline", "alrr", "alrr:warmup=5", "erss", "erss:warmup=5,streak_length=4",
@@ -54,7 +56,7 @@ def parse_strategy(text: str) -> tuple[str, Strategy]:
 
 def timed(model, tokenizer, batch, tokens: int, strategy: Strategy, attach: bool) -> tuple[float, int]:
     """(generated tokens/s, extra layer passes) of one generate call, with or without the strategy attached."""
-    plan = strategy.plan_for(model)
+    plan = plan_for(strategy, model)
     kwargs = dict(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     if plan.sample is not None:
         kwargs.update(do_sample=True, num_return_sequences=plan.sample.count, temperature=plan.sample.temperature,
@@ -62,10 +64,10 @@ def timed(model, tokenizer, batch, tokens: int, strategy: Strategy, attach: bool
     torch.manual_seed(0)
     start = time.perf_counter()
     if attach:
-        with strategy.attach(model, tokenizer) as run:
+        with Run(strategy, model, tokenizer, 0, caller_selects=True) as run:
             out = model.generate(**batch, **kwargs)
         if plan.select is not None:
-            candidate_scores(run, plan.select)
+            candidate_scores(*run.last_call(), plan.select)
         passes = run.report().extra_layer_passes
     else:
         out = model.generate(**batch, **kwargs)
@@ -95,7 +97,7 @@ def main() -> None:
         batch = encode(tokenizer, [PROMPT] * size, None)
         for name, strategy in strategies:
             try:
-                strategy.plan_for(model)
+                plan_for(strategy, model)
             except L2Error as exc:
                 print(f"| {size} | {name} | — | — | — | — | does not fit: {exc.diagnostics[0].message} |")
                 continue

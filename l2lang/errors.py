@@ -1,7 +1,18 @@
 """Positions in source files and the errors l2lang reports against them.
 
-Every error a user can cause is an `L2Error`: a message, the place it points at, and an optional
-hint. `render()` gives the `FILE:LINE:COL: error: MESSAGE` form with the source line and a caret.
+Every error a user can cause is an `L2Error`: one or more diagnostics, each a message, the place it
+points at and an optional hint. `render()` gives the `FILE:LINE:COL: error: MESSAGE` form with the
+source line and a caret. Subclasses say which stage refused the input, so a caller can catch what
+it means:
+
+    L2Error
+    ├── StrategySyntaxError   the file does not parse (or is not UTF-8 text)
+    ├── CheckError            names, types, ranges, `use`, params: wrong before any model is known
+    ├── CompileError          wrong for this model: layers out of range, profiles, vectors
+    ├── UnsupportedError      the model family or the backend cannot run what the plan needs
+    └── GenerationError       bad generation settings or inputs (prompts, sampling, cache)
+
+A warning is a `Diagnostic` with severity "warning"; it is reported, never raised.
 """
 
 from __future__ import annotations
@@ -87,3 +98,23 @@ class L2Error(Exception):
 
     def __str__(self) -> str:
         return self.render()
+
+
+class StrategySyntaxError(L2Error):
+    """The strategy file does not parse."""
+
+
+class CheckError(L2Error):
+    """The program is wrong whatever the model: names, types, ranges, composition."""
+
+
+class CompileError(L2Error):
+    """The program does not fit this model: layer indices, profiles, vectors."""
+
+
+class UnsupportedError(L2Error):
+    """The model family or the backend cannot run what the plan asks for."""
+
+
+class GenerationError(L2Error):
+    """Generation settings or inputs that cannot be run."""

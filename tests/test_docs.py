@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from l2lang.resources import shipped_strategies
 from l2lang.lang.parser import keywords
+from l2lang.resources import shipped_strategies
 
 DOCS = Path(__file__).parents[1] / "docs"
 

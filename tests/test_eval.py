@@ -11,10 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from l2lang import L2Error
-from l2lang.cli.main import main
 from l2lang.apps.evaluate import parse_arms, read_records
 from l2lang.apps.stats import mcnemar_exact, paired_delta, wilson
-from l2lang.apps.tasks import _choose, extract_answer, load_task, matches
+from l2lang.apps.tasks import _choose, load_task, matches
+from l2lang.cli.main import main
+from l2lang.engine.answers import extract_answer
 
 DATA = Path(__file__).parent / "data"
 

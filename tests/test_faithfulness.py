@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from l2lang import load_program
-from l2lang.backends.hf.attach import Strategy
+from l2lang.engine.strategy import Strategy
 from tests.reference import methods
 from tests.tiny_models import tiny_model
 

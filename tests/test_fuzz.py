@@ -9,11 +9,11 @@ from hypothesis import strategies as st
 from hypothesis.extra.lark import from_lark
 from lark import Lark
 
-from l2lang.lang.compose import compose
 from l2lang.errors import L2Error
+from l2lang.lang.compose import compose
+from l2lang.lang.parser import parse
 from l2lang.plan import compile_plan
 from l2lang.resources import grammar_text, shipped_strategies
-from l2lang.lang.parser import parse
 
 SHIPPED = {name: path.read_text(encoding="utf-8") for name, path in shipped_strategies().items()}
 SOURCES = SHIPPED | {"card": (Path(__file__).parents[1] / "examples" / "card.l2").read_text(encoding="utf-8")}

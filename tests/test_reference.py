@@ -11,8 +11,11 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from l2lang import load_program
-from l2lang.backends.hf.attach import Strategy
-from tests.reference.cache_free import reference_generate, reference_generate_positionwise
+from l2lang.engine.strategy import Strategy
+from tests.reference.cache_free import (
+    reference_generate,
+    reference_generate_positionwise,
+)
 from tests.tiny_models import tiny_model
 
 FAMILIES = ["llama", "qwen2", "qwen3", "mistral"]

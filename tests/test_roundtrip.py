@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 
 from l2lang.lang import ir
-from l2lang.resources import shipped_strategies
 from l2lang.lang.format import format_strategy
 from l2lang.lang.parser import parse
+from l2lang.resources import shipped_strategies
 from tests.ir_strategies import EXPRS, STRATEGIES
 
 

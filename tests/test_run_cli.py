@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from l2lang import L2Error
-from l2lang.cli.main import main
 from l2lang.backends.hf.models import PackagedModel, _fetch, load_model
+from l2lang.cli.main import main
 from tests.tiny_models import tiny_model, tiny_tokenizer
 
 CARD = str(Path(__file__).parents[1] / "examples" / "card.l2")

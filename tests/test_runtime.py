@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from l2lang import L2Error, load_program
-from l2lang.backends.hf.attach import Strategy
+from l2lang.engine.strategy import Strategy
 from tests.tiny_models import FAMILIES, tiny_model, tiny_tokenizer
 
 CARD = Path(__file__).parents[1] / "examples" / "card.l2"
@@ -234,7 +234,7 @@ def test_select_scores_candidates_by_their_decode_step_norms(tmp_path: Path) -> 
 
 def test_vote_returns_the_answer_with_the_highest_summed_score(tmp_path: Path) -> None:
     import l2lang
-    from l2lang.backends.hf.generate import extract_answer
+    from l2lang.engine.answers import extract_answer
 
     assert extract_answer("so 3 + 4\nAnswer: 7.") == "7" and extract_answer("it is 12, or 15") == "15"
     m = model("llama", 8)
@@ -250,7 +250,7 @@ def test_vote_returns_the_answer_with_the_highest_summed_score(tmp_path: Path) -
 
 def test_vote_count_is_a_plain_majority_vote_over_the_same_samples(tmp_path: Path) -> None:
     import l2lang
-    from l2lang.backends.hf.generate import extract_answer
+    from l2lang.engine.answers import extract_answer
 
     m = model("llama", 8)
     weighted = l2lang.generate(m, TOKENIZER, strategy("sample 6 with temperature=1.5\nselect vote total over 2..5\n",
@@ -267,10 +267,10 @@ def test_vote_count_is_a_plain_majority_vote_over_the_same_samples(tmp_path: Pat
 
 def test_the_terminal_progress_bar_leaves_generation_unchanged(monkeypatch) -> None:
     import l2lang
-    from l2lang.apps import progress
+    from l2lang.backends.hf import generate as hf_generate
 
     m = model("llama", 8)
     quiet = l2lang.generate(m, TOKENIZER, l2lang.load("baseline"), ["hello"], max_new_tokens=5)
-    monkeypatch.setattr(progress, "_on_terminal", lambda: True)
+    monkeypatch.setattr(hf_generate, "_on_terminal", lambda: True)
     shown = l2lang.generate(m, TOKENIZER, l2lang.load("baseline"), ["hello"], max_new_tokens=5)
     assert shown.outputs == quiet.outputs

@@ -10,7 +10,7 @@ import torch
 from l2lang import load_program
 from l2lang.backends.hf.generate import encode, generate
 from l2lang.backends.hf.models import load_model
-from l2lang.backends.hf.attach import Strategy
+from l2lang.engine.strategy import Strategy
 
 pytestmark = pytest.mark.slow
 CARD = Path(__file__).parents[1] / "examples" / "card.l2"

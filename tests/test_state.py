@@ -53,13 +53,35 @@ def test_coins_are_uniform_and_reproducible() -> None:
 
 
 def test_bank_keeps_the_top_k_by_norm_and_retrieves_by_cosine() -> None:
-    bank = Bank(rows=2, capacity=2, hidden=3, dtype=torch.float32, device=CPU)
+    bank = Bank(slots=3, capacity=2, hidden=3, dtype=torch.float32, device=CPU)
     states = [torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]), torch.tensor([[0, 3.0, 0], [0, 0, 2.0]]),
               torch.tensor([[0, 0, 2.0], [5.0, 0, 0]])]
+    rows = torch.tensor([1, 0])  # row 0 writes slot 1, row 1 slot 0
     for state in states:
-        bank.offer(state, state.norm(dim=-1), torch.tensor([True, True]))
-    assert sorted(bank.norms[0].tolist()) == [2.0, 3.0] and sorted(bank.norms[1].tolist()) == [2.0, 5.0]
-    chosen, cos = bank.nearest(torch.tensor([[0, 1.0, 0.1], [0.1, 0, 1.0]]))
+        bank.offer(rows, state, state.norm(dim=-1), torch.tensor([True, True]))
+    assert sorted(bank.norms[1].tolist()) == [2.0, 3.0] and sorted(bank.norms[0].tolist()) == [2.0, 5.0]
+    chosen, cos = bank.nearest(rows, torch.tensor([[0, 1.0, 0.1], [0.1, 0, 1.0]]))
     assert torch.equal(chosen, torch.tensor([[0, 3.0, 0], [0, 0, 2.0]])) and (cos > 0.9).all()
-    empty = Bank(1, 2, 3, torch.float32, CPU)
-    assert empty.nearest(torch.ones(1, 3))[1].item() == float("-inf")
+    assert bank.nearest(torch.tensor([2]), torch.ones(1, 3))[1].item() == float("-inf")  # an empty slot
+    bank.reset(torch.tensor([1]))
+    assert bank.nearest(torch.tensor([1]), torch.ones(1, 3))[1].item() == float("-inf")
+
+
+def test_request_table_reuses_freed_slots_with_fresh_state_and_keeps_state_when_it_grows() -> None:
+    from l2lang import compile_plan, load_program
+    from l2lang.engine.state import RequestTable
+
+    plan = compile_plan(load_program("erss"), 28, 8)
+    table = RequestTable(plan, capacity=2, hidden=8, dtype=torch.float32, device=CPU)
+    slots, uids = table.start(torch.tensor([11, 12]))
+    assert slots.tolist() == [0, 1] and uids == [0, 1]
+    table.streaks[:, 1] = 7
+    table.decode_steps[1] = 3
+    more, _ = table.start(torch.tensor([13, 14, 15]))  # grows past capacity 2
+    assert more.tolist() == [2, 3, 4] and table.capacity >= 5
+    assert table.streaks[0, 1] == 7 and table.decode_steps[1] == 3 and table.keys[:5].tolist() == [11, 12, 13, 14, 15]
+    table.finish([1])
+    again, uids = table.start(torch.tensor([16]))
+    assert again.tolist() == [1] and uids == [5]
+    assert table.streaks[0, 1] == 0 and table.decode_steps[1] == 0 and table.keys[1] == 16
+    assert table.snapshot[:5] == (0, 5, 2, 3, 4)

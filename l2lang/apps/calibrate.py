@@ -13,15 +13,15 @@ from pathlib import Path
 
 import torch
 
-from l2lang.plan import QUANTILE_KEYS
-from l2lang.backends.hf.generate import generate
 from l2lang.apps.progress import progress
-from l2lang.backends.hf.attach import Strategy, observe_only
+from l2lang.backends.base import Backend
+from l2lang.engine.strategy import Strategy, observe_only
+from l2lang.plan import QUANTILE_KEYS
 
 PROFILE_FORMAT = "l2lang-profile/1"
 
 
-def calibrate(loaded, prompts: list[str], *, max_new_tokens: int = 64, chat: bool | None = None,
+def calibrate(backend: Backend, prompts: list[str], *, max_new_tokens: int = 64, chat: bool | None = None,
               seed: int = 0, batch_size: int = 8) -> dict:
     """Generate greedily for `prompts` while observing every layer; return the profile."""
     observe_all = Strategy(observe_only())
@@ -29,16 +29,15 @@ def calibrate(loaded, prompts: list[str], *, max_new_tokens: int = 64, chat: boo
     starts = range(0, len(prompts), batch_size)
     for start in progress(starts, len(starts), "calibrating"):
         chunk = prompts[start:start + batch_size]
-        run = generate(loaded.model, loaded.tokenizer, observe_all, chunk, seed=seed, chat=chat,
-                       max_new_tokens=max_new_tokens)
-        state = run.state
-        decode = [r for r in state.records if r["phase"] == "decode"]
+        result = backend.generate(observe_all, chunk, seed=seed, chat=chat, max_new_tokens=max_new_tokens)
         if not per_layer:
-            per_layer = [[] for _ in range(run.plan.layers)]
-        for record in decode:
-            live = record["valid"][:, -1]
-            for layer in range(run.plan.layers):
-                per_layer[layer].append(record["norms"][layer][:, -1][live].float().cpu())
+            per_layer = [[] for _ in range(result.plan.layers)]
+        for record in result.records:
+            if record.rows.phase == "prefill":
+                continue
+            live = record.rows.live_decode
+            for layer in range(result.plan.layers):
+                per_layer[layer].append(record.norm(layer)[live].float().cpu())
     layers = {}
     for layer, chunks in enumerate(per_layer):
         values = torch.cat(chunks) if chunks else torch.zeros(0)
@@ -49,7 +48,7 @@ def calibrate(loaded, prompts: list[str], *, max_new_tokens: int = 64, chat: boo
         stats.update(mean=float(values.mean()), std=float(values.std()) if values.numel() > 1 else 0.0,
                      count=int(values.numel()))
         layers[str(layer)] = stats
-    return {"format": PROFILE_FORMAT, "model": loaded.model_id, "weights_sha256": loaded.weights_sha256,
+    return {"format": PROFILE_FORMAT, "model": backend.model_id, "weights_sha256": backend.weights_sha256,
             "prompts": len(prompts), "max_new_tokens": max_new_tokens, "layers": layers,
             "versions": {name: version(name) for name in ("l2lang", "torch", "transformers")}}
 

@@ -15,13 +15,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from l2lang.lang.compose import load_program
-from l2lang.errors import L2Error
-from l2lang.backends.hf.generate import generate
 from l2lang.apps.progress import item_progress
-from l2lang.backends.hf.attach import Strategy
 from l2lang.apps.stats import mcnemar_exact, paired_delta, wilson
-from l2lang.apps.tasks import Task, extract_answer
+from l2lang.apps.tasks import Task
+from l2lang.backends.base import Backend
+from l2lang.engine.answers import extract_answer
+from l2lang.engine.strategy import Strategy
+from l2lang.errors import L2Error
+from l2lang.lang.compose import load_program
 
 
 @dataclass
@@ -86,7 +87,7 @@ def read_records(path: Path) -> list[dict]:
     return records
 
 
-def evaluate(loaded, arms: list[Arm], task: Task, out: str | Path, *, seed: int = 0, max_new_tokens: int = 256,
+def evaluate(backend: Backend, arms: list[Arm], task: Task, out: str | Path, *, seed: int = 0, max_new_tokens: int = 256,
              batch_size: int = 8, chat: bool | None = None, dtype: str = "float32") -> tuple[list[dict], dict]:
     """Answer every item with every arm (skipping what `out/results.jsonl` holds).
 
@@ -95,11 +96,11 @@ def evaluate(loaded, arms: list[Arm], task: Task, out: str | Path, *, seed: int 
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "results.jsonl"
-    settings = {"model": loaded.model_id, "weights_sha256": loaded.weights_sha256, "task": task.spec, "seed": seed,
+    settings = {"model": backend.model_id, "weights_sha256": backend.weights_sha256, "task": task.spec, "seed": seed,
                 "max_new_tokens": max_new_tokens, "chat": chat, "batch_size": batch_size, "dtype": dtype}
     key = run_key(settings)
     for arm in arms:  # every arm's plan is compiled (and refused) before any item is answered
-        arm.strategy.plan_for(loaded.model)
+        backend.plan_for(arm.strategy)
     done = {(r["run"], r["fingerprint"], r["item"]) for r in read_records(path)}
     chunks = [task.items[start:start + batch_size] for start in range(0, len(task.items), batch_size)]
     position = {item.id: n for n, item in enumerate(task.items)}  # what the task's scorer is keyed by
@@ -114,7 +115,7 @@ def evaluate(loaded, arms: list[Arm], task: Task, out: str | Path, *, seed: int 
     with item_progress(total, "eval") as advance, path.open("a", encoding="utf-8") as sink:
         for arm, number, chunk in pending:
             wanted = {i.id for i in missing(arm, chunk)}
-            records = _answer(loaded, arm, task, chunk, position, seed=seed + number * batch_size, run=key,
+            records = _answer(backend, arm, task, chunk, position, seed=seed + number * batch_size, run=key,
                               chat=chat, max_new_tokens=max_new_tokens)
             sink.write("".join(json.dumps(r) + "\n" for r in records if r["item"] in wanted))
             sink.flush()
@@ -126,11 +127,11 @@ def evaluate(loaded, arms: list[Arm], task: Task, out: str | Path, *, seed: int 
     return [r for r in read_records(path) if r["run"] == key and (r["fingerprint"], r["item"]) in asked], settings
 
 
-def _answer(loaded, arm: Arm, task: Task, items, position: dict[str, int], *, seed: int, run: str, chat,
+def _answer(backend: Backend, arm: Arm, task: Task, items, position: dict[str, int], *, seed: int, run: str, chat,
             max_new_tokens: int) -> list[dict]:
     start = time.perf_counter()
-    result = generate(loaded.model, loaded.tokenizer, arm.strategy, [i.prompt for i in items], seed=seed, chat=chat,
-                      max_new_tokens=max_new_tokens)
+    result = backend.generate(arm.strategy, [i.prompt for i in items], seed=seed, chat=chat,
+                              max_new_tokens=max_new_tokens)
     seconds = time.perf_counter() - start
     per = result.plan.sample.count if result.plan.sample else 1
     requests = result.report.requests

@@ -6,8 +6,6 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
-from torch import nn
-
 
 def _on_terminal() -> bool:
     return sys.stderr.isatty()
@@ -32,25 +30,4 @@ def item_progress(total: int, description: str) -> Iterator[Callable[[int], obje
     try:
         yield bar.update
     finally:
-        bar.close()
-
-
-@contextmanager
-def decode_progress(model: nn.Module, total: int, description: str) -> Iterator[None]:
-    """A bar that advances with each forward pass of `model` (one per generated token)."""
-    if not _on_terminal():
-        yield
-        return
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc=description, unit="tok", file=sys.stderr, leave=False)
-
-    def tick(*_) -> None:  # a forward hook must return None, or it replaces the output
-        bar.update(1)
-
-    handle = model.register_forward_hook(tick)
-    try:
-        yield
-    finally:
-        handle.remove()
         bar.close()

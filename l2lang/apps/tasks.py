@@ -6,18 +6,18 @@
   target(s), or against the best-scoring option of `target_scores`;
 - a JSONL file with one `{"question": ..., "answer": ...}` per line, scored like BIG-bench.
 
-Every prompt is the question followed by `INSTRUCTION`; `extract_answer` reads the reply.
+Every prompt is the question followed by `INSTRUCTION`; `extract_answer` (l2lang.engine.answers) reads the reply.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from l2lang.engine.answers import normalise
 from l2lang.errors import L2Error
 
 INSTRUCTION = "Think step by step, then end with a final line 'Answer: <answer>'."
@@ -163,37 +163,6 @@ def _jsonl_examples(path: Path) -> list[tuple[str, tuple[str, ...]]]:
     if not out:
         raise L2Error.one("no items in the file", path=str(path))
     return out
-
-
-_ANSWER_LINE = re.compile(r"answer\s*(?:is)?\s*[:：]\s*(.+)", re.IGNORECASE)
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-
-
-def extract_answer(text: str) -> str:
-    """The convention: the text after the last `Answer:`, else the last number, else the whole text.
-
-    Markdown emphasis, `$`, `\\boxed{…}` and a trailing full stop are removed from what is found.
-    """
-    found = _ANSWER_LINE.findall(text)
-    if found:
-        return _clean(found[-1])
-    numbers = _NUMBER.findall(text.replace(",", ""))
-    return numbers[-1] if numbers else _clean(text)
-
-
-def _clean(answer: str) -> str:
-    answer = re.sub(r"\\boxed\{(.*)\}", r"\1", answer)
-    return answer.replace("**", "").replace("$", "").strip().rstrip(".").strip()
-
-
-def normalise(answer: str) -> str:
-    """Case-folded, punctuation and surrounding space removed, numbers written canonically ("4.0" → "4")."""
-    text = re.sub(r"[^\w\s.\-]", "", answer.casefold()).strip().rstrip(".").strip()
-    try:
-        number = float(text)
-    except ValueError:
-        return " ".join(text.split())
-    return str(int(number)) if number.is_integer() else repr(number)
 
 
 def matches(extracted: str, answers: tuple[str, ...]) -> bool:

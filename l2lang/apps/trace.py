@@ -15,18 +15,19 @@ import io
 import json
 from pathlib import Path
 
-import torch
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from l2lang.backends.base import Backend
+from l2lang.engine.generation import Generation
+from l2lang.engine.records import request_rows
+from l2lang.engine.strategy import Strategy, observe_only
 from l2lang.lang.compose import Program
-from l2lang.backends.hf.generate import generate
-from l2lang.backends.hf.attach import Strategy, observe_only
 
 STEP_BY_STEP = " Think step by step, then give the answer."
 DIRECT = " Give only the answer, with no explanation."
 
 
-def trace(loaded, program: Program, prompts: list[str], out: str | Path, *, max_new_tokens: int = 64,
+def trace(backend: Backend, program: Program, prompts: list[str], out: str | Path, *, max_new_tokens: int = 64,
           chat: bool | None = None, seed: int = 0) -> dict:
     """Run `program` with every layer observed; write the trace files; return a summary."""
     import matplotlib
@@ -34,38 +35,36 @@ def trace(loaded, program: Program, prompts: list[str], out: str | Path, *, max_
     matplotlib.use("Agg")
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    result = generate(loaded.model, loaded.tokenizer, Strategy(program), prompts, seed=seed, chat=chat,
-                      max_new_tokens=max_new_tokens, observe_all=True)
-    rows = token_rows(result, loaded.tokenizer)
+    result = backend.generate(Strategy(program), prompts, seed=seed, chat=chat, max_new_tokens=max_new_tokens,
+                              observe_all=True)
+    rows = token_rows(result, backend)
     _write_tables(rows, folder, result.plan.layers)
     thresholds = _threshold_by_layer(result.plan)
     heatmap = _heatmap(rows, result, thresholds, folder / "heatmap.png")
-    _fig1(loaded, prompts[0], folder / "fig1.png", max_new_tokens, chat, seed)
+    _fig1(backend, prompts[0], folder / "fig1.png", max_new_tokens, chat, seed)
     _report(rows, result, prompts, heatmap, folder / "report.html")
     return {"tokens": len(rows), "requests": len(prompts), "folder": str(folder),
             "interventions": result.report.interventions}
 
 
-def token_rows(result, tokenizer) -> list[dict]:
+def token_rows(result: Generation, backend: Backend) -> list[dict]:
     """One row per observed token: the prompt's positions, then each generated token fed back."""
-    state, layers = result.state, result.plan.layers
-    prefill, decode = state.records[0], state.records[1:]
+    per_request = request_rows(result.records, result.uids)
     rows = []
-    for request, output in enumerate(result.outputs):
+    for request, (uid, output) in enumerate(zip(result.uids, result.outputs)):
         marks: dict[int, set[str]] = {}
         for mark in result.report.requests[request]["interventions"]:
             marks.setdefault(mark["step"], set()).add(f"{mark['action']}@{mark['layer']}")
-        prompt_ids = result.input_ids[request].tolist()
-        for position in prefill["valid"][request].nonzero().flatten().tolist():
-            norms = [round(float(prefill["norms"][layer][request, position]), 4) for layer in range(layers)]
-            rows.append({"request": request, "phase": "prefill", "step": 0, "token": tokenizer.decode(
-                [prompt_ids[position]]), "norms": norms, "marks": []})
-        for step, (record, token_id) in enumerate(zip(decode, output["token_ids"]), start=1):
-            if not bool(record["valid"][request, -1]):
+        mine = per_request[uid]
+        prompt = iter(result.prompt_ids[request])
+        generated = iter(output["token_ids"])
+        for phase, step, norms in zip(mine.phases, mine.steps, mine.norms.tolist()):
+            token = next(prompt if phase == "prefill" else generated, None)
+            if token is None:
                 break
-            norms = [round(float(record["norms"][layer][request, -1]), 4) for layer in range(layers)]
-            rows.append({"request": request, "phase": "decode", "step": step, "token": tokenizer.decode([token_id]),
-                         "norms": norms, "marks": sorted(marks.get(step, ()))})
+            rows.append({"request": request, "phase": phase, "step": step, "token": backend.decode([token]),
+                         "norms": [round(v, 4) for v in norms], "marks": sorted(marks.get(step, ())) if
+                         phase == "decode" else []})
     return rows
 
 
@@ -122,22 +121,22 @@ def _heatmap(rows: list[dict], result, thresholds: dict[int, float], path: Path)
     return buffer.getvalue()
 
 
-def _fig1(loaded, prompt: str, path: Path, max_new_tokens: int, chat: bool | None, seed: int) -> None:
+def _fig1(backend: Backend, prompt: str, path: Path, max_new_tokens: int, chat: bool | None, seed: int) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6, 4))
     for suffix, label in ((STEP_BY_STEP, "step-by-step answer"), (DIRECT, "direct answer")):
-        result = generate(loaded.model, loaded.tokenizer, Strategy(observe_only()), [prompt + suffix], seed=seed,
-                          chat=chat, max_new_tokens=max_new_tokens)
-        decode = [r for r in result.state.records[1:] if bool(r["valid"][0, -1])]
-        if not decode:
+        result = backend.generate(Strategy(observe_only()), [prompt + suffix], seed=seed, chat=chat,
+                                  max_new_tokens=max_new_tokens)
+        mine = request_rows(result.records, result.uids)[result.uids[0]]
+        decode = mine.norms[[i for i, phase in enumerate(mine.phases) if phase == "decode"]]
+        if not len(decode):
             continue
-        means = [float(torch.stack([r["norms"][layer][0, -1] for r in decode]).mean())
-                 for layer in range(result.plan.layers)]
+        means = decode.mean(dim=0).tolist()
         axis.plot(range(len(means)), means, marker="o", markersize=3, label=f"{label} ({len(decode)} tokens)")
     axis.set_xlabel("layer")
     axis.set_ylabel("mean norm over generated tokens")
-    axis.set_title(f"{loaded.model_id}: norm vs depth", fontsize=10)
+    axis.set_title(f"{backend.model_id}: norm vs depth", fontsize=10)
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=110)

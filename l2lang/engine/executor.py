@@ -1,11 +1,17 @@
-"""The executor: runs a plan inside a Hugging Face model's forward passes (docs/semantics.md).
+"""The executor: runs a plan over the token rows of each forward pass (docs/semantics.md).
 
-`Executor.install()` puts a pre-hook on the model (step boundaries, phase, finished rows) and forward
-hooks on the decoder layers the plan needs; `remove()` takes every hook off again. Per layer it
-computes the observations, evaluates the rules read there and applies the actions scheduled there,
-as masked tensor operations over the whole batch: no loop over rows, and no host-device
-synchronisation except the `any()` that decides whether a recursion pass runs at all
-(docs/performance.md counts them).
+A backend calls it at the boundaries of every step and after every hooked decoder layer:
+
+    slots, uids = executor.start_requests(keys)      # when requests start
+    executor.begin_step(rows)                        # who each token row belongs to
+    hidden = executor.after_layer(index, hidden, before)   # for each layer in `executor.hooked`
+    record = executor.end_step()
+    executor.finish_requests(slots)                  # when requests finish
+
+After a layer it computes the observations, evaluates the rules read there and applies the actions
+scheduled there, as masked tensor operations over all rows at once: no loop over rows or requests,
+and no host-device synchronisation except the `any()` that decides whether a recursion pass runs at
+all (docs/performance.md counts them). Per-request state lives in the slots of a `RequestTable`.
 """
 
 from __future__ import annotations
@@ -14,16 +20,13 @@ import functools
 import math
 import operator
 import warnings
-from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
 from l2lang import plan as P
-from l2lang.errors import L2Error
-from l2lang.backends.hf.layers import ModelAdapter
-from l2lang.backends.hf.cache import FrozenView, RefreshView
-from l2lang.engine.state import Bank, Quartiles, request_keys, uniform
+from l2lang.engine.backend import LayerBackend, StepRows
+from l2lang.engine.records import StepRecord
+from l2lang.engine.state import Quartiles, RequestTable, uniform
 
 COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq,
            "!=": operator.ne}
@@ -31,136 +34,107 @@ ARITH = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.
 REDUCE = {"mean": torch.mean, "max": torch.amax, "min": torch.amin, "sum": torch.sum}
 
 
-@dataclass
-class Step:
-    """What one forward pass is: its phase, which positions are real, which rows still generate."""
-
-    phase: str
-    index: int                      # 0 for prefill, then 1, 2, ... per decode step
-    valid: torch.Tensor             # bool [B, T]: real (non-padding) positions of live rows
-    cache: object | None
-    observations: dict = field(default_factory=dict)   # (kind, layer[, vector]) -> tensor [B, T]
-    decisions: dict[int, torch.Tensor] = field(default_factory=dict)   # rule id -> bool [B, T]
-    layer_calls: dict[int, tuple[tuple, dict]] = field(default_factory=dict)
-    taus: torch.Tensor | None = None  # request-scoped adaptive thresholds [estimator, row], once per step
-
-
 class Executor:
-    def __init__(self, plan: P.Plan, model: nn.Module, adapter: ModelAdapter, vectors: dict[str, torch.Tensor],
-                 seed: int = 0, eos_token_ids: tuple[int, ...] = ()):
-        self.plan, self.model, self.adapter = plan, model, adapter
-        self.vectors, self.seed = vectors, seed
-        self.eos = torch.tensor(sorted(set(eos_token_ids)) or [-1])
+    def __init__(self, plan: P.Plan, backend: LayerBackend, vectors: dict[str, torch.Tensor], *, seed: int,
+                 hidden_size: int, dtype: torch.dtype, device: torch.device, capacity: int = 8):
+        backend.capabilities.check(plan)
+        self.plan, self.backend, self.vectors, self.seed = plan, backend, vectors, seed
         self.rules = {rule.id: rule for rule in plan.rules}
         self.steps_at = {step.layer: step for step in plan.schedule}
         self.needs = _observations_needed(plan)
-        self.block_layers = {j for r in plan.rules for a in r.actions if isinstance(a, P.RecursePlan)
-                             for j in range(a.first, a.layer + 1)}
-        self.hooked = sorted(set(self.needs) | set(self.steps_at) | self.block_layers)
+        self.block_layers = frozenset(j for r in plan.rules for a in r.actions if isinstance(a, P.RecursePlan)
+                                      for j in range(a.first, a.layer + 1))
+        self.hooked = tuple(sorted(set(self.needs) | set(self.steps_at) | self.block_layers))
+        self.observed = tuple(plan.observe)
+        self.observed_row = {layer: i for i, layer in enumerate(self.observed)}
         # Per-step bookkeeping, decided once here rather than by walking the plan every step.
         self.streaks_of = {rule.id: _streak_slots(rule.condition) for rule in plan.rules}
-        self.deferring = [rule.id for rule in plan.rules if any(a.delay for a in rule.actions)]
-        self.handles: list = []
-        self.shared_estimators: dict[int, Quartiles] = {}
-        self.history: list[RequestState] = []   # one per generate call, with its per-step records
-        self.step: Step | None = None
-        self.nonfinite = torch.zeros((), dtype=torch.int64)
+        self.latch_index = {rule_id: i for i, rule_id in enumerate(r.id for r in plan.rules
+                                                                   if any(a.delay for a in r.actions))}
+        self.table = RequestTable(plan, capacity, hidden_size, dtype, device)
+        self.shared_estimators = {e.id: Quartiles(1, device) for e in plan.estimators
+                                  if plan.thresholds[e.threshold].scope == "shared"}
+        self.records: list[StepRecord] = []
+        self.nonfinite = torch.zeros((), dtype=torch.int64, device=device)
+        self.rows: StepRows | None = None
 
-    # -- hooks ---------------------------------------------------------------------------------
-    def install(self) -> None:
-        self.handles.append(self.model.register_forward_pre_hook(self._begin_step, with_kwargs=True))
-        self.handles.append(self.model.register_forward_hook(self._end_step, with_kwargs=True))
-        for index in self.hooked:
-            hook = self._layer_hook(index)
-            self.handles.append(self.adapter.layers[index].register_forward_hook(hook, with_kwargs=True))
+    # -- requests ------------------------------------------------------------------------------
+    def start_requests(self, keys: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """Slots and uids for new requests (keys from `state.request_keys`); their state starts empty."""
+        return self.table.start(keys)
 
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
+    def finish_requests(self, slots: list[int]) -> None:
+        self.table.finish(slots)
 
-    # -- step boundaries -----------------------------------------------------------------------
-    def _begin_step(self, module, args, kwargs):
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        embeds = kwargs.get("inputs_embeds")
-        reference = input_ids if input_ids is not None else embeds
-        rows, width = reference.shape[0], reference.shape[1]
-        cache = kwargs.get("past_key_values")
-        past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
-        device = reference.device
-        if past == 0:
-            if cache is None and kwargs.get("use_cache") is False and self._acts_in_decode():
-                raise L2Error.one("l2lang runs decode-step rules with the KV cache: generate with use_cache=True",
-                                  path="<generate>")
-            mask = kwargs.get("attention_mask")
-            valid = mask[:, -width:].bool() if mask is not None else torch.ones(rows, width, dtype=torch.bool,
-                                                                                 device=device)
-            ids = input_ids if input_ids is not None else torch.zeros(rows, width, dtype=torch.long, device=device)
-            self._new_requests(rows, request_keys(ids, valid), device)
-            self.step = Step("prefill", 0, valid, cache)
-        else:
-            if width != 1:
-                raise L2Error.one(f"l2lang decodes one token per step; this call feeds {width}",
-                                  path="<generate>", hint="assisted or speculative decoding is not supported")
-            state = self.state
-            if input_ids is not None:
-                state.finished |= (input_ids[:, -1:] == self.eos).any(dim=-1)  # cheaper than isin for a few ids
-            state.decode_steps += 1
-            live = ~state.finished
-            self.step = Step("decode", state.decode_steps, live[:, None], cache)
-            state.active_steps = state.active_steps + live.to(torch.int64)
-        return None
+    def wants_input(self, index: int) -> bool:
+        """Whether `after_layer(index, ...)` needs the layer's input (for `growth` or `cos`)."""
+        return bool(self.needs.get(index, set()) - {"norm"})
 
-    def _end_step(self, module, args, kwargs, output):
-        step, state = self.step, self.state
-        if step is None:
-            return output
-        if step.phase == "decode":
-            self._finish_decode_step(step, state)
-        norms = {layer: step.observations[("norm", layer)] for layer in self.plan.observe
-                 if ("norm", layer) in step.observations}
-        # `valid[:, -1]` says which rows were live on a decode step.
-        state.records.append({"phase": step.phase, "valid": step.valid, "effects": state.step_effects, "norms": norms})
-        state.step_effects = {}
-        self.step = None
-        return output
+    # -- steps ---------------------------------------------------------------------------------
+    def begin_step(self, rows: StepRows, common_step: int | None = None) -> None:
+        """Start a forward pass over `rows`. `common_step`: the decode step every row is at, when the
+        backend knows one (it saves per-row work for coins); prompt rows are at step 0."""
+        table = self.table
+        self.rows = rows
+        if rows.phase == "prefill":
+            self.step_numbers, self.common_step = torch.zeros_like(rows.slots), 0
+        else:  # every running request with a decode row takes one more decode step
+            current = self._gather(table.decode_steps)
+            steps = torch.where(rows.live_decode, current + 1, current)
+            self._scatter(table.decode_steps, steps, None, rows)
+            self.step_numbers = steps if rows.phase == "decode" else torch.where(rows.decode, steps, 0)
+            self.common_step = common_step
+        self.observations: dict[tuple, torch.Tensor] = {}
+        self.decisions: dict[int, torch.Tensor] = {}
+        self.fired: dict[int, torch.Tensor] = {}
+        self.taus: torch.Tensor | None = None
+        self.effects: dict[tuple[int, int], torch.Tensor] = {}
+        self.extra_layer_passes = 0
+        self.norms = torch.empty(len(self.observed), rows.size, dtype=torch.float32, device=rows.slots.device)
 
-    def _acts_in_decode(self) -> bool:
-        return any(rule.phase != "prefill" for rule in self.plan.rules)
+    def end_step(self) -> StepRecord:
+        rows = self.rows
+        if rows.phase != "prefill":
+            self._finish_decode_step(rows)
+        record = StepRecord(rows, self.table.snapshot, self.step_numbers, self.observed, self.norms, self.effects,
+                            self.extra_layer_passes)
+        self.records.append(record)
+        self.rows = None
+        return record
 
-    def _new_requests(self, rows: int, keys: torch.Tensor, device: torch.device) -> None:
-        self.state = RequestState(self.plan, rows, keys, device, self.adapter.hidden_size,
-                                  next(self.model.parameters()).dtype)
-        self.eos = self.eos.to(device)
-        for est in self.plan.estimators:
-            threshold = self.plan.thresholds[est.threshold]
-            if threshold.scope == "shared":
-                self.shared_estimators.setdefault(est.id, Quartiles(1, device))
-        self.history.append(self.state)
-
-    def _finish_decode_step(self, step: Step, state: RequestState) -> None:
-        live = ~state.finished
-        for rule_id, fired in state.fired.items():
+    def _finish_decode_step(self, rows: StepRows) -> None:
+        table, live = self.table, rows.live_decode
+        for rule_id, fired in self.fired.items():
             rule = self.rules[rule_id]
+            fired = fired & live
             if rule.cooldown:
-                state.cooldown[rule_id] = torch.where(fired, state.decode_steps + rule.cooldown, state.cooldown[rule_id])
+                until = self._gather(table.cooldown_until[rule.id])
+                self._scatter(table.cooldown_until[rule.id], self.step_numbers + rule.cooldown, fired, rows,
+                              current=until)
             for slot in self.streaks_of[rule_id]:
-                state.streaks[slot] = torch.where(fired, torch.zeros_like(state.streaks[slot]), state.streaks[slot])
-        state.fired.clear()
-        for rule_id in self.deferring:
-            decision = step.decisions.get(rule_id)
-            state.latched[rule_id] = decision[:, -1] if decision is not None else torch.zeros_like(live)
-        self._feed_estimators(step, state, live)
+                self._scatter(table.streaks[slot], torch.zeros_like(self.step_numbers), fired, rows)
+        for rule_id, i in self.latch_index.items():
+            decision = self.decisions.get(rule_id)
+            value = decision if decision is not None else torch.zeros_like(live)
+            self._scatter(table.latched[i], value, rows.decode if rows.phase == "mixed" else None, rows)
+        self._feed_estimators(live)
 
-    def _feed_estimators(self, step: Step, state: RequestState, live: torch.Tensor) -> None:
-        if state.local:  # every request-scoped estimator in one vectorised update
-            values = torch.stack([self._evaluate(e.observable, step)[:, -1] for e in state.local])
-            state.quartiles.add(values.flatten(), live.repeat(len(state.local)))
+    def _feed_estimators(self, live: torch.Tensor) -> None:
+        table = self.table
+        if table.local:  # every request-scoped estimator in one vectorised update
+            values = torch.stack([self._evaluate(e.observable) for e in table.local]).to(torch.float64)
+            size = table.capacity + 1
+            per_slot = torch.zeros(len(table.local), size, dtype=torch.float64, device=values.device)
+            mask = torch.zeros(len(table.local), size, dtype=torch.bool, device=values.device)
+            for target, source in ((per_slot, values), (mask, live.expand_as(values))):
+                self._scatter(target, source, live, self.rows)
+            mask[:, table.scratch] = False
+            table.quartiles.add(per_slot.flatten(), mask.flatten())
         for est in self.plan.estimators:
             threshold = self.plan.thresholds[est.threshold]
             if threshold.scope != "shared":
                 continue
-            value = self._evaluate(est.observable, step)[:, -1].to(torch.float64)
+            value = self._evaluate(est.observable).to(torch.float64)
             shared = self.shared_estimators[est.id]
             if threshold.sample == "batch":
                 mean = torch.where(live, value, torch.zeros_like(value)).sum() / live.sum().clamp(min=1)
@@ -169,221 +143,237 @@ class Executor:
                 for row in range(value.shape[0]):  # a shared stream absorbs rows in order: P² is sequential
                     shared.add(value[row:row + 1], live[row:row + 1])
 
-    # -- layers --------------------------------------------------------------------------------
-    def _layer_hook(self, index: int):
-        def hook(module, args, kwargs, output):
-            step = self.step
-            if step is None:
-                return output
-            hidden = output[0] if isinstance(output, tuple) else output
-            new = self._after_layer(index, module, args, kwargs, hidden, step)
-            if new is hidden:
-                return output
-            return (new, *output[1:]) if isinstance(output, tuple) else new
-        return hook
+    # -- per-slot state, read and written by row --------------------------------------------------
+    def _gather(self, per_slot: torch.Tensor) -> torch.Tensor:
+        return self._gather_with(self.rows, per_slot)
 
-    def _after_layer(self, index: int, module, args, kwargs, hidden: torch.Tensor, step: Step) -> torch.Tensor:
-        if index in self.block_layers:
-            step.layer_calls[index] = (args, kwargs)
-        before = args[0] if args else kwargs["hidden_states"]
-        self._observe(index, before, hidden, step)
+    @staticmethod
+    def _gather_with(rows: StepRows, per_slot: torch.Tensor) -> torch.Tensor:
+        """[..., slots + 1] → [..., N]: each row's value of its request's slot."""
+        if rows.phase == "decode":
+            return per_slot[..., :rows.size]
+        return per_slot[..., rows.slots]
+
+    def _scatter(self, per_slot: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None, rows: StepRows,
+                 current: torch.Tensor | None = None) -> None:
+        """In place: each masked row writes its value into its request's slot (at most one row per slot
+        may be masked). `current`: the rows' present values, when the caller has them."""
+        if rows.phase == "decode":
+            if mask is None:
+                per_slot[..., :rows.size] = values
+            else:
+                old = per_slot[..., :rows.size] if current is None else current
+                per_slot[..., :rows.size] = torch.where(mask, values, old)
+            return
+        target = rows.slots if mask is None else torch.where(mask, rows.slots, self.table.scratch)
+        per_slot[..., target] = values
+
+    # -- layers --------------------------------------------------------------------------------
+    def after_layer(self, index: int, hidden: torch.Tensor, before: torch.Tensor | None = None) -> torch.Tensor:
+        """Observe and act after decoder layer `index`. `hidden`: its output [N, hidden] (the residual
+        stream); `before`: its input, needed when `wants_input(index)`. Returns the (new) output."""
+        self._observe(index, before, hidden)
         work = self.steps_at.get(index)
         if work is None:
             return hidden
-        state = self.state
-        finite = torch.isfinite(step.observations[("norm", index)])
-        bad = step.valid & ~finite
-        self.nonfinite = self.nonfinite.to(bad.device) + bad.sum()
+        rows = self.rows
+        finite = torch.isfinite(self.observations[("norm", index)])
+        self.nonfinite = self.nonfinite + (rows.valid & ~finite).sum()
         for rule_id in work.evaluate:
-            rule = self.rules[rule_id]
-            step.decisions[rule_id] = self._decide(rule, step, state)
+            self.decisions[rule_id] = self._decide(self.rules[rule_id])
         first_pass = hidden
         for rule_id, action_index in work.act:
             rule = self.rules[rule_id]
             action = rule.actions[action_index]
-            mask = self._action_mask(rule, action, step, state)
+            mask = self._action_mask(rule, action)
             if mask is None:
                 continue
             mask = mask & finite
-            hidden, effect = self._apply(action, hidden, first_pass, mask, index, step)
-            state.record(rule_id, action_index, effect)
-            if step.phase == "decode":
-                state.fired[rule_id] = state.fired.get(rule_id, torch.zeros_like(effect[:, -1])) | effect[:, -1]
+            hidden, effect = self._apply(action, hidden, first_pass, mask, index)
+            key = (rule_id, action_index)
+            self.effects[key] = self.effects[key] | effect if key in self.effects else effect
+            if rule.phase != "prefill" and rows.phase != "prefill":
+                self.fired[rule_id] = self.fired[rule_id] | effect if rule_id in self.fired else effect
         return hidden
 
-    def _observe(self, index: int, before: torch.Tensor, after: torch.Tensor, step: Step) -> None:
-        step.observations[("norm", index)] = l2(after)
+    def _observe(self, index: int, before: torch.Tensor | None, after: torch.Tensor) -> None:
         kinds = self.needs.get(index)
-        if not kinds or kinds == {"norm"}:
+        if kinds is None:
+            return
+        row = self.observed_row.get(index)
+        if row is not None:  # written straight into this step's record
+            norm = torch.linalg.vector_norm(after, dim=-1, dtype=torch.float32, out=self.norms[row])
+        else:
+            norm = l2(after)
+        self.observations[("norm", index)] = norm
+        if kinds == {"norm"}:
             return
         h = after.float()
         if "growth" in kinds:
-            step.observations[("growth", index)] = step.observations[("norm", index)] / l2(before) - 1
+            self.observations[("growth", index)] = norm / l2(before) - 1
         if "cos" in kinds:
-            step.observations[("cos", index)] = torch.cosine_similarity(h, before.float(), dim=-1)
+            self.observations[("cos", index)] = torch.cosine_similarity(h, before.float(), dim=-1)
         for kind in kinds:
             if isinstance(kind, tuple):  # ("cos", vector name)
                 vector = self.vectors[kind[1]].float()
-                step.observations[("cos", index, kind[1])] = torch.cosine_similarity(h, vector.expand_as(h), dim=-1)
+                self.observations[("cos", index, kind[1])] = torch.cosine_similarity(h, vector.expand_as(h), dim=-1)
 
-    def _decide(self, rule: P.RulePlan, step: Step, state: RequestState) -> torch.Tensor:
-        if rule.phase not in (step.phase, "all"):
-            return torch.zeros_like(step.valid)
-        mask = step.valid & self._mask(rule.condition, step)
-        if step.phase == "decode" and rule.cooldown:
-            mask = mask & (state.decode_steps > state.cooldown[rule.id])[:, None]
+    def _decide(self, rule: P.RulePlan) -> torch.Tensor:
+        """Where the rule holds on this step: bool [N]."""
+        rows = self.rows
+        phase = _phase_mask(rule.phase, rows)
+        if phase is False:
+            return torch.zeros_like(rows.valid)
+        mask = rows.valid & self._mask(rule.condition)
+        if phase is not True:
+            mask = mask & phase
+        if rule.cooldown and rows.phase != "prefill":
+            mask = mask & (self.step_numbers > self._gather(self.table.cooldown_until[rule.id]))
         return mask
 
-    def _action_mask(self, rule: P.RulePlan, action, step: Step, state: RequestState) -> torch.Tensor | None:
+    def _action_mask(self, rule: P.RulePlan, action) -> torch.Tensor | None:
         if action.delay:
-            if step.phase != "decode" or rule.id not in state.latched:
+            if self.rows.phase == "prefill":
                 return None
-            return (state.latched[rule.id] & ~state.finished)[:, None]
-        return step.decisions.get(rule.id)
+            return self._gather(self.table.latched[self.latch_index[rule.id]]) & self.rows.live_decode
+        return self.decisions.get(rule.id)
 
     # -- evaluation ----------------------------------------------------------------------------
-    def _evaluate(self, node, step: Step, passes: dict | None = None) -> torch.Tensor | float | bool:
-        """A plan expression over the batch: a [B, T] tensor, or a Python number for constants.
+    def _evaluate(self, node, passes: dict | None = None) -> torch.Tensor | float | bool:
+        """A plan expression over the rows: a [N] tensor, or a Python number for constants.
 
         Constants stay Python numbers so that evaluating never copies from host to device.
         """
-        state = self.state
+        table, rows = self.table, self.rows
         match node:
             case P.Const(value=value):
                 return value
             case P.Observe(observable=obs, layer=layer, vector=vector):
-                return step.observations[(obs, layer, vector) if vector else (obs, layer)]
+                return self.observations[(obs, layer, vector) if vector else (obs, layer)]
             case P.Reduce(fn=fn, observable=obs, layers=layers):
-                stacked = torch.stack([step.observations[(obs, layer)] for layer in layers], dim=-1)
+                stacked = torch.stack([self.observations[(obs, layer)] for layer in layers], dim=-1)
                 return REDUCE[fn](stacked, dim=-1)
             case P.PassValue(name=name):
                 return passes[name]
             case P.AdaptiveRef(threshold=name, estimator=est):
                 t = self.plan.thresholds[name]
                 if t.scope == "shared":
-                    return self.shared_estimators[est].threshold(t.k, t.iqr_floor, t.warmup).float()[:, None]
-                if step.taus is None:  # all request-scoped thresholds, once per step
-                    step.taus = state.quartiles.threshold(state.k, state.iqr_floor, state.warmup).float() \
-                        .view(len(state.local), -1)
-                return step.taus[state.local_index[est]][:, None]
+                    return self.shared_estimators[est].threshold(t.k, t.iqr_floor, t.warmup).float()
+                if self.taus is None:  # all request-scoped thresholds, once per step
+                    self.taus = table.quartiles.threshold(table.k, table.iqr_floor, table.warmup).float() \
+                        .view(len(table.local), -1)
+                return self._gather(self.taus[table.local_index[est]])
             case P.Arith(op="neg", args=(arg,)):
-                return -self._evaluate(arg, step, passes)
+                return -self._evaluate(arg, passes)
             case P.Arith(op=op, args=(a, b)):
-                x, y = self._evaluate(a, step, passes), self._evaluate(b, step, passes)
+                x, y = self._evaluate(a, passes), self._evaluate(b, passes)
                 if op == "/" and not torch.is_tensor(y) and y == 0:
                     return x * float("inf")
                 return ARITH[op](x, y)
             case P.Cmp(ops=ops, operands=operands):
-                values = [self._evaluate(o, step, passes) for o in operands]
+                values = [self._evaluate(o, passes) for o in operands]
                 # a comparison with a non-finite operand is false; each operand is checked once
                 checks = [_finite(v) for v in values]
                 checks += [COMPARE[op](x, y) for op, x, y in zip(ops, values, values[1:])]
                 kept = [c for c in checks if c is not True]
                 return functools.reduce(operator.and_, kept) if kept else True
             case P.Logic(op="not", operands=(operand,)):
-                return ~self._mask(operand, step, passes)
+                return ~self._mask(operand, passes)
             case P.Logic(op=op, operands=operands):
-                values = [self._mask(o, step, passes) for o in operands]
+                values = [self._mask(o, passes) for o in operands]
                 out = values[0]
                 for value in values[1:]:
                     out = (out & value) if op == "and" else (out | value)
                 return out
             case P.StreakOf(slot=slot, condition=condition):
-                holds = self._mask(condition, step, passes)[:, -1]
-                live = ~state.finished
-                state.streaks[slot] = torch.where(live, torch.where(holds, state.streaks[slot] + 1, 0),
-                                                  state.streaks[slot])
-                return state.streaks[slot][:, None].float()
+                holds = self._mask(condition, passes)
+                current = self._gather(table.streaks[slot])
+                new = torch.where(rows.live_decode, torch.where(holds, current + 1, 0), current)
+                self._scatter(table.streaks[slot], new, None, rows)
+                return new.float()
             case P.RateOf(slot=slot, condition=condition):
-                holds = self._mask(condition, step, passes)[:, -1]
-                live = ~state.finished
-                state.rate_hits[slot] = state.rate_hits[slot] + (holds & live).to(torch.int64)
-                return (state.rate_hits[slot] / state.active_steps.clamp(min=1))[:, None].float()
+                holds = self._mask(condition, passes)
+                live = rows.live_decode
+                hits = self._gather(table.rate_hits[slot]) + (holds & live).to(torch.int64)
+                self._scatter(table.rate_hits[slot], hits, live, rows)
+                return (hits / self.step_numbers.clamp(min=1)).float()
             case P.ChanceOf(slot=slot, probability=p):
-                draw = uniform(self.seed, state.keys, step.index, slot)[:, None]
-                return draw < self._evaluate(p, step, passes)
+                steps = self.common_step if self.common_step is not None else self.step_numbers
+                draw = uniform(self.seed, self._gather(table.keys), steps, slot)
+                return draw < self._evaluate(p, passes)
         raise TypeError(f"cannot evaluate {node!r}")
 
-    def _mask(self, node, step: Step, passes: dict | None = None) -> torch.Tensor:
-        """A condition as a bool [B, T] tensor (a constant condition is broadcast)."""
-        value = self._evaluate(node, step, passes)
+    def _mask(self, node, passes: dict | None = None) -> torch.Tensor:
+        """A condition as a bool [N] tensor (a constant condition is broadcast)."""
+        value = self._evaluate(node, passes)
         if torch.is_tensor(value):
-            return value.bool().expand_as(step.valid)
-        return torch.full_like(step.valid, bool(value))
+            return value.bool().expand_as(self.rows.valid)
+        return torch.full_like(self.rows.valid, bool(value))
 
     # -- actions -------------------------------------------------------------------------------
-    def _apply(self, action, hidden, first_pass, mask, layer: int, step: Step):
-        state = self.state
-        m = mask[..., None]
+    def _apply(self, action, hidden: torch.Tensor, first_pass: torch.Tensor, mask: torch.Tensor, layer: int):
+        table, rows = self.table, self.rows
+        m = mask[:, None]
         match action:
             case P.SteerPlan(vector=name, bank=None, coefficient=c, mode=mode):
                 vector = self.vectors[name].to(hidden.dtype)
                 new = hidden + c * vector if mode == "add" else (1 - c) * hidden + c * vector
                 return torch.where(m, new, hidden), mask
             case P.SteerPlan(bank=bank, coefficient=c, mode=mode, min_cos=min_cos):
-                chosen, cos = state.banks[(bank, layer)].nearest(hidden[:, -1])
-                effect = mask & (cos >= min_cos)[:, None]
-                chosen = chosen[:, None, :].to(hidden.dtype)
+                slots = rows.slots if rows.phase != "decode" else torch.arange(rows.size, device=hidden.device)
+                chosen, cos = table.banks[(bank, layer)].nearest(slots, hidden)
+                effect = mask & (cos >= min_cos)
+                chosen = chosen.to(hidden.dtype)
                 new = hidden + c * chosen if mode == "add" else (1 - c) * hidden + c * chosen
-                return torch.where(effect[..., None], new, hidden), effect
+                return torch.where(effect[:, None], new, hidden), effect
             case P.SuppressPlan(mode="scale", value=s):
                 return torch.where(m, hidden * s, hidden), mask
             case P.SuppressPlan(mode="clamp", value=n):
-                norm = l2(hidden)[..., None]
-                effect = mask & (norm[..., 0] > n)
+                norm = l2(hidden)[:, None]
+                effect = mask & (norm[:, 0] > n)
                 scaled = hidden * (n / norm.clamp(min=1e-12)).to(hidden.dtype)
-                return torch.where(effect[..., None], scaled, hidden), effect
+                return torch.where(effect[:, None], scaled, hidden), effect
             case P.StorePlan(bank=bank):
-                norm = l2(first_pass[:, -1])
-                state.banks[(bank, layer)].offer(first_pass[:, -1], norm, mask[:, -1])
-                return hidden, mask
+                effect = mask if rows.phase == "decode" else mask & rows.last
+                target = torch.arange(rows.size, device=hidden.device) if rows.phase == "decode" else \
+                    torch.where(effect, rows.slots, table.scratch)
+                table.banks[(bank, layer)].offer(target, first_pass, l2(first_pass), effect)
+                return hidden, effect
             case P.MarkPlan():
                 return hidden, mask
             case P.RecursePlan():
-                return self._recurse(action, hidden, mask, step)
+                return self._recurse(action, hidden, mask)
         raise TypeError(f"cannot apply {action!r}")
 
-    def _recurse(self, action: P.RecursePlan, hidden: torch.Tensor, mask: torch.Tensor, step: Step):
-        rows = mask[:, -1]
+    def _recurse(self, action: P.RecursePlan, hidden: torch.Tensor, mask: torch.Tensor):
+        rows = mask
         accepted = torch.zeros_like(rows)
         if action.passes == 0 or not bool(rows.any()):
-            return hidden, accepted[:, None]
-        cache = step.cache  # decode steps always have one: generation without it is refused
-        view = (RefreshView if action.kv == "refresh" else FrozenView)(cache)
-        base_norm = l2(hidden)[:, -1]
+            return hidden, accepted
+        block = self.backend.block(action.first, action.layer, action.kv)
+        base_norm = l2(hidden)
         current = hidden
         for done in range(action.passes):
-            candidate = current
-            for j in range(action.first, action.layer + 1):
-                args, kwargs = step.layer_calls[j]
-                args = tuple(view if a is cache else a for a in args)
-                kwargs = {k: (view if v is cache else v) for k, v in kwargs.items()}
-                if args:
-                    out = self.adapter.layers[j].forward(candidate, *args[1:], **kwargs)
-                else:
-                    out = self.adapter.layers[j].forward(**{**kwargs, "hidden_states": candidate})
-                candidate = out[0] if isinstance(out, tuple) else out
+            candidate = block.run(current)
             values = _pass_values(candidate, current, base_norm)
-            ok = rows & torch.isfinite(values["norm"][:, -1])
+            ok = rows & torch.isfinite(values["norm"])
             for mode, condition in action.stops:
                 if mode == "while":
-                    ok = ok & self._mask(condition, step, values)[:, -1]
+                    ok = ok & self._mask(condition, values)
             updated = current + action.damping * (candidate - current) if action.damping != 1 else candidate
-            previous, current = current, torch.where(ok[:, None, None], updated, current)
+            previous, current = current, torch.where(ok[:, None], updated, current)
             accepted = accepted | ok
-            if isinstance(view, RefreshView):
-                view.accept(ok)
+            block.accept(ok)
             until = torch.zeros_like(ok)
             for mode, condition in action.stops:
                 if mode == "until":
-                    until = until | self._mask(condition, step, _pass_values(current, previous, base_norm))[:, -1]
+                    until = until | self._mask(condition, _pass_values(current, previous, base_norm))
             rows = ok & ~until
-            self.state.extra_layer_passes += action.layer - action.first + 1
+            self.extra_layer_passes += action.layer - action.first + 1
             if done + 1 < action.passes and not bool(rows.any()):
                 break
-        if isinstance(view, RefreshView):
-            view.commit()
-        return current, accepted[:, None]
+        block.commit()
+        return current, accepted
 
     # -- results -------------------------------------------------------------------------------
     def warn_nonfinite(self) -> int:
@@ -394,43 +384,21 @@ class Executor:
         return count
 
 
-class RequestState:
-    """All state of the requests in one `generate` call, one row each."""
-
-    def __init__(self, plan: P.Plan, rows: int, keys: torch.Tensor, device, hidden: int, dtype):
-        self.keys = keys
-        self.finished = torch.zeros(rows, dtype=torch.bool, device=device)
-        self.decode_steps = 0
-        self.active_steps = torch.zeros(rows, dtype=torch.int64, device=device)
-        self.streaks = [torch.zeros(rows, dtype=torch.int64, device=device) for _ in range(plan.streak_slots)]
-        self.rate_hits = [torch.zeros(rows, dtype=torch.int64, device=device) for _ in range(plan.rate_slots)]
-        self.cooldown = {r.id: torch.full((rows,), -1, dtype=torch.int64, device=device) for r in plan.rules}
-        self.latched: dict[int, torch.Tensor] = {}
-        self.fired: dict[int, torch.Tensor] = {}
-        self.local = [e for e in plan.estimators if plan.thresholds[e.threshold].scope != "shared"]
-        self.local_index = {e.id: i for i, e in enumerate(self.local)}
-        self.quartiles = Quartiles(len(self.local) * rows, device)
-        specs = [plan.thresholds[e.threshold] for e in self.local]
-
-        def per_stream(values: list[float]) -> torch.Tensor:  # one entry per (estimator, row) stream
-            return torch.tensor(values, dtype=torch.float64, device=device).repeat_interleave(rows)
-
-        self.k = per_stream([t.k for t in specs])
-        self.iqr_floor = per_stream([t.iqr_floor for t in specs])
-        self.warmup = per_stream([t.warmup for t in specs])
-        self.banks = {(a.bank, a.layer): Bank(rows, plan.banks[a.bank], hidden, dtype, device)
-                      for r in plan.rules for a in r.actions if getattr(a, "bank", None)}
-        self.records: list[dict] = []
-        self.step_effects: dict[tuple[int, int], torch.Tensor] = {}
-        self.extra_layer_passes = 0  # layer forward passes run by recursions, for the whole batch
-
-    def record(self, rule_id: int, action_index: int, effect: torch.Tensor) -> None:
-        key = (rule_id, action_index)
-        self.step_effects[key] = self.step_effects[key] | effect if key in self.step_effects else effect
+def _phase_mask(phase: str, rows: StepRows) -> torch.Tensor | bool:
+    """Which rows a rule of `phase` may act on: True (all), False (none) or a mask."""
+    if phase == "all" or rows.phase == ("decode" if phase == "decode" else "prefill"):
+        return True
+    if rows.phase != "mixed":
+        return False
+    return rows.decode if phase == "decode" else ~rows.decode
 
 
 def _observations_needed(plan: P.Plan) -> dict[int, set]:
+    """Per layer, what to observe: the norm at every layer observed, read or acted at, plus what
+    conditions, estimators and stop conditions read (`growth`, `cos`, `("cos", vector)`)."""
     needs: dict[int, set] = {layer: {"norm"} for layer in plan.observe}
+    for step in plan.schedule:
+        needs.setdefault(step.layer, {"norm"})
     nodes = [r.condition for r in plan.rules] + [e.observable for e in plan.estimators]
     nodes += [c for r in plan.rules for a in r.actions if isinstance(a, P.RecursePlan) for _, c in a.stops]
     for node in nodes:
@@ -445,10 +413,10 @@ def _observations_needed(plan: P.Plan) -> dict[int, set]:
 
 
 def _pass_values(state: torch.Tensor, previous: torch.Tensor, base_norm: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The pass observables of a recursion (docs/language.md): each [B, 1]."""
-    norm = l2(state)[:, -1:]
-    return {"norm": norm, "growth": norm / l2(previous)[:, -1:] - 1,
-            "ratio": norm / base_norm[:, None], "change": (state.float() - previous.float()).norm(dim=-1)[:, -1:]}
+    """The pass observables of a recursion (docs/language.md): each [N]."""
+    norm = l2(state)
+    return {"norm": norm, "growth": norm / l2(previous) - 1, "ratio": norm / base_norm,
+            "change": (state.float() - previous.float()).norm(dim=-1)}
 
 
 def l2(hidden: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,16 @@
-"""Per-request state as tensors over the batch: quartile estimators, seeded coins, state banks.
+"""Per-request state: one slot per running request, every field a tensor over slots.
 
-Nothing here loops over rows in Python: every update is a masked tensor operation.
+`RequestTable` hands out slots when requests start and takes them back when they finish; its
+tensors have one extra *scratch* slot at the end, where row-wise writes of rows that must not write
+anything are sent (so a scatter needs no data-dependent indexing). Also here: the P² quartile
+estimator, seeded coins and state banks, all as masked tensor operations over many streams at once.
 """
 
 from __future__ import annotations
 
 import torch
+
+from l2lang.plan import Plan
 
 _MASK64 = (1 << 64) - 1
 
@@ -47,19 +52,22 @@ def request_keys(input_ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return mix64(key + ordinal * _GOLDEN)
 
 
+def uniform(seed: int, keys: torch.Tensor, steps: torch.Tensor | int, slot: int) -> torch.Tensor:
+    """One uniform draw in [0, 1) per row, determined by (seed, request key, decode step, chance slot)."""
+    base = _signed(seed * 1_000_003 + slot * 104_729)
+    if isinstance(steps, int):
+        salt: torch.Tensor | int = _mix_int(base + steps * 7919)
+    else:
+        salt = mix64(steps * 7919 + base)
+    return _shift(mix64(keys ^ salt), 11).to(torch.float64) * (2.0 ** -53)
+
+
 def _mix_int(x: int) -> int:
     """mix64 on a Python int (so a salt never needs a host-to-device copy)."""
     x &= _MASK64
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
     return _signed(x ^ (x >> 31))
-
-
-def uniform(seed: int, keys: torch.Tensor, step: int, slot: int) -> torch.Tensor:
-    """One uniform draw in [0, 1) per row, determined by (seed, request key, step, slot)."""
-    salt = _mix_int(seed * 1_000_003 + step * 7919 + slot * 104_729)
-    bits = mix64(keys ^ salt)
-    return _shift(bits, 11).to(torch.float64) * (2.0 ** -53)
 
 
 class Quartiles:
@@ -74,6 +82,13 @@ class Quartiles:
         self.desired = self.positions.clone()
         self.step = torch.tensor(self.PROBS, dtype=torch.float64, device=device)
         self._markers = torch.arange(5, device=device)[None, :]
+
+    def reset(self, streams: torch.Tensor) -> None:
+        """Empty the streams whose indices are given (a slot handed to a new request)."""
+        self.count[streams] = 0
+        self.heights[streams] = 0
+        self.positions[streams] = torch.arange(1, 6, dtype=torch.float64, device=self.count.device)
+        self.desired[streams] = self.positions[streams]
 
     def add(self, value: torch.Tensor, mask: torch.Tensor) -> None:
         """Absorb `value[i]` into stream i where `mask[i]` (and the value is finite)."""
@@ -117,7 +132,8 @@ class Quartiles:
             ns[i] = torch.where(move, ns[i] + sign, ns[i])
         self.heights, self.positions, self.desired = torch.stack(qs, dim=1), torch.stack(ns, dim=1), desired
 
-    def threshold(self, k: float, iqr_floor: float, warmup: int) -> torch.Tensor:
+    def threshold(self, k: float | torch.Tensor, iqr_floor: float | torch.Tensor,
+                  warmup: float | torch.Tensor) -> torch.Tensor:
         """Q3 + k·max(IQR, floor) per stream; NaN until `warmup` values were absorbed."""
         q1, q3 = self.heights[:, 1], self.heights[:, 3]
         value = q3 + k * torch.clamp(q3 - q1, min=iqr_floor)
@@ -125,28 +141,130 @@ class Quartiles:
 
 
 class Bank:
-    """Top-K states by norm, per row, for one (bank, layer)."""
+    """Top-K states by norm, per slot, for one (bank, layer)."""
 
-    def __init__(self, rows: int, capacity: int, hidden: int, dtype: torch.dtype, device: torch.device):
-        self.states = torch.zeros(rows, capacity, hidden, dtype=dtype, device=device)
-        self.norms = torch.full((rows, capacity), float("-inf"), device=device)
+    def __init__(self, slots: int, capacity: int, hidden: int, dtype: torch.dtype, device: torch.device):
+        self.states = torch.zeros(slots, capacity, hidden, dtype=dtype, device=device)
+        self.norms = torch.full((slots, capacity), float("-inf"), device=device)
 
-    def offer(self, state: torch.Tensor, norm: torch.Tensor, mask: torch.Tensor) -> None:
-        """Keep `state` for rows in `mask` whose norm beats the bank's smallest (ties keep the old).
+    def reset(self, slots: torch.Tensor) -> None:
+        self.states[slots] = 0
+        self.norms[slots] = float("-inf")
 
-        Writes one slot per row in place: the bank is never copied whole.
+    def offer(self, slots: torch.Tensor, state: torch.Tensor, norm: torch.Tensor, mask: torch.Tensor) -> None:
+        """Keep row i's `state` in bank slot `slots[i]` where `mask[i]` and its norm beats the slot's
+        smallest (ties keep the old). Masked rows must have distinct slots; rows outside `mask` must
+        point at the scratch slot. Writes one entry per row in place: the bank is never copied whole.
         """
-        rows = torch.arange(self.norms.shape[0], device=self.norms.device)
-        weakest = self.norms.argmin(dim=1)
-        old_norm = self.norms[rows, weakest]
+        weakest = self.norms[slots].argmin(dim=1)
+        old_norm = self.norms[slots, weakest]
         take = mask & (norm > old_norm)
-        self.norms[rows, weakest] = torch.where(take, norm, old_norm)
-        self.states[rows, weakest] = torch.where(take[:, None], state.to(self.states.dtype), self.states[rows, weakest])
+        self.norms[slots, weakest] = torch.where(take, norm, old_norm)
+        self.states[slots, weakest] = torch.where(take[:, None], state.to(self.states.dtype),
+                                                  self.states[slots, weakest])
 
-    def nearest(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The banked state with the highest cosine to `state`, per row, and that cosine (-inf if empty)."""
-        cos = torch.nn.functional.cosine_similarity(self.states.float(), state.float()[:, None, :], dim=-1)
-        cos = torch.where(torch.isfinite(self.norms), cos, torch.full_like(cos, float("-inf")))
+    def nearest(self, slots: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row: the banked state of its slot with the highest cosine to `state`, and that cosine
+        (-inf where the bank is empty)."""
+        states, norms = self.states[slots], self.norms[slots]
+        cos = torch.nn.functional.cosine_similarity(states.float(), state.float()[:, None, :], dim=-1)
+        cos = torch.where(torch.isfinite(norms), cos, torch.full_like(cos, float("-inf")))
         best = cos.argmax(dim=1)
-        chosen = self.states.gather(1, best[:, None, None].expand(-1, 1, self.states.shape[-1])).squeeze(1)
+        chosen = states.gather(1, best[:, None, None].expand(-1, 1, states.shape[-1])).squeeze(1)
         return chosen, cos.gather(1, best[:, None]).squeeze(1)
+
+
+class RequestTable:
+    """The state of every running request, one slot each (plus one scratch slot at index `capacity`).
+
+    Fields, each a tensor with one entry per slot: the request key (seeds its coins), decode steps
+    taken, streak and rate counters, cooldowns, latched decisions of deferring rules, request-scoped
+    quartile estimators and banks. `uids[slot]` names the request holding a slot (None when free).
+    """
+
+    def __init__(self, plan: Plan, capacity: int, hidden: int, dtype: torch.dtype, device: torch.device):
+        self.plan, self.hidden, self.dtype, self.device = plan, hidden, dtype, device
+        self.local = [e for e in plan.estimators if plan.thresholds[e.threshold].scope != "shared"]
+        self.local_index = {e.id: i for i, e in enumerate(self.local)}
+        self.deferring = [r.id for r in plan.rules if any(a.delay for a in r.actions)]
+        self.bank_keys = sorted({(a.bank, a.layer) for r in plan.rules for a in r.actions if getattr(a, "bank", None)})
+        self.uids: list[int | None] = []
+        self.snapshot: tuple[int | None, ...] = ()  # `uids` as of now, shared by the records of steps
+        self.next_uid = 0
+        self._allocate(max(capacity, 1))
+
+    def _allocate(self, capacity: int) -> None:
+        """(Re)build every field for `capacity` slots, keeping what the current slots hold."""
+        old = getattr(self, "capacity", 0)
+        size, device, plan = capacity + 1, self.device, self.plan
+
+        def zeros(*shape, dtype=torch.int64) -> torch.Tensor:
+            return torch.zeros(*shape, size, dtype=dtype, device=device)
+
+        fields = {
+            "keys": zeros(), "decode_steps": zeros(),
+            "streaks": zeros(plan.streak_slots), "rate_hits": zeros(plan.rate_slots),
+            "cooldown_until": zeros(len(plan.rules)) - 1,
+            "latched": zeros(len(self.deferring), dtype=torch.bool),
+        }
+        quartiles = Quartiles(len(self.local) * size, device)
+        banks = {key: Bank(size, plan.banks[key[0]], self.hidden, self.dtype, device) for key in self.bank_keys}
+        if old:
+            for name, tensor in fields.items():
+                tensor[..., :old] = getattr(self, name)[..., :old]
+            for i in range(len(self.local)):
+                new, was = slice(i * size, i * size + old), slice(i * (old + 1), i * (old + 1) + old)
+                for name in ("count", "heights", "positions", "desired"):
+                    getattr(quartiles, name)[new] = getattr(self.quartiles, name)[was]
+            for key, bank in banks.items():
+                bank.states[:old], bank.norms[:old] = self.banks[key].states[:old], self.banks[key].norms[:old]
+        self.__dict__.update(fields)
+        self.quartiles, self.banks, self.capacity = quartiles, banks, capacity
+        specs = [plan.thresholds[e.threshold] for e in self.local]
+
+        def per_stream(values: list[float]) -> torch.Tensor:  # one entry per (estimator, slot) stream
+            return torch.tensor(values, dtype=torch.float64, device=device).repeat_interleave(size)
+
+        self.k = per_stream([t.k for t in specs])
+        self.iqr_floor = per_stream([t.iqr_floor for t in specs])
+        self.warmup = per_stream([t.warmup for t in specs])
+
+    @property
+    def scratch(self) -> int:
+        return self.capacity
+
+    def start(self, keys: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """Slots (and new uids) for requests with these keys; their state starts empty."""
+        wanted = keys.shape[0]
+        slots = [slot for slot, uid in enumerate(self.uids) if uid is None][:wanted]
+        while len(slots) < wanted:
+            slots.append(len(self.uids))
+            self.uids.append(None)
+        if len(self.uids) > self.capacity:
+            self._allocate(max(2 * self.capacity, len(self.uids)))
+        uids = list(range(self.next_uid, self.next_uid + wanted))
+        self.next_uid += wanted
+        for slot, uid in zip(slots, uids):
+            self.uids[slot] = uid
+        self.snapshot = tuple(self.uids)
+        index = torch.tensor(slots, dtype=torch.int64, device=self.device)
+        self._reset(index)
+        self.keys[index] = keys.to(self.device)
+        return index, uids
+
+    def finish(self, slots: list[int]) -> None:
+        """Give the slots back; a later request may take them."""
+        for slot in slots:
+            self.uids[slot] = None
+        self.snapshot = tuple(self.uids)
+
+    def _reset(self, slots: torch.Tensor) -> None:
+        size = self.capacity + 1
+        for name in ("keys", "decode_steps", "streaks", "rate_hits", "latched"):
+            getattr(self, name)[..., slots] = 0
+        self.cooldown_until[..., slots] = -1
+        if self.local:
+            streams = (torch.arange(len(self.local), device=self.device)[:, None] * size + slots[None, :]).flatten()
+            self.quartiles.reset(streams)
+        for bank in self.banks.values():
+            bank.reset(slots)

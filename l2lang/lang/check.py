@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import PurePosixPath
 
+from l2lang.errors import CheckError, Diagnostic, L2Error, Span
 from l2lang.lang import ir
 from l2lang.lang.compose import Program, Unit, constant
-from l2lang.errors import Diagnostic, L2Error, Span
 from l2lang.lang.format import expr as show
 
 MAX_PASSES = 64
@@ -477,7 +477,7 @@ def check_program(program: Program) -> None:
     checker = Checker(program)
     checker.run()
     if checker.diagnostics:
-        raise L2Error(_dedupe(checker.diagnostics))
+        raise CheckError(_dedupe(checker.diagnostics))
 
 
 def _dedupe(diagnostics: list[Diagnostic]) -> list[Diagnostic]:

@@ -11,11 +11,11 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from l2lang.errors import CheckError, L2Error, Span
 from l2lang.lang import ir
-from l2lang.errors import L2Error, Span
-from l2lang.resources import shipped_strategies
 from l2lang.lang.format import expr as format_expr
 from l2lang.lang.parser import ascii_name, decode_source, parse
+from l2lang.resources import shipped_strategies
 
 MAX_USE_DEPTH = 8
 Value = int | float
@@ -33,7 +33,7 @@ class Unit:
     decls: dict[str, ir.Statement] = field(default_factory=dict)
 
     def error(self, message: str, span: Span | None, hint: str | None = None) -> L2Error:
-        return L2Error.one(message, span, hint=hint, path=self.path, source=self.source)
+        return CheckError.one(message, span, hint=hint, path=self.path, source=self.source)
 
     @property
     def directory(self) -> Path:
@@ -69,7 +69,7 @@ def read_strategy_file(path: str | Path) -> tuple[str, ir.Strategy]:
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
-        raise L2Error.one(f"cannot read strategy file: {exc.strerror or exc}", path=path) from None
+        raise CheckError.one(f"cannot read strategy file: {exc.strerror or exc}", path=path) from None
     source = decode_source(raw, path)
     return source, parse(source, path)
 
@@ -89,7 +89,7 @@ def load_program(target: str | Path, overrides: dict[str, str] | None = None) ->
     path = resolve_target(str(target), None)
     if path is None:
         names = ", ".join(shipped_strategies())
-        raise L2Error.one(f"no strategy file or shipped strategy named {str(target)!r}",
+        raise CheckError.one(f"no strategy file or shipped strategy named {str(target)!r}",
                           hint=f"shipped strategies: {names}", path=str(target))
     source, strategy = read_strategy_file(path)
     return compose(strategy, str(path), source, overrides or {})
@@ -107,16 +107,16 @@ def _qualified_override(key: str) -> str:
     try:
         return ".".join(ascii_name(part.strip()) for part in key.split("."))
     except L2Error:
-        raise L2Error.one(f"--set {key}: not a parameter name", path="<command line>") from None
+        raise CheckError.one(f"--set {key}: not a parameter name", path="<command line>") from None
 
 
 def _parse_value(key: str, text: str) -> Value:
     try:
         value = float(text)
     except ValueError:
-        raise L2Error.one(f"--set {key}={text}: the value must be a number", path="<command line>") from None
+        raise CheckError.one(f"--set {key}={text}: the value must be a number", path="<command line>") from None
     if value != value or abs(value) == float("inf"):
-        raise L2Error.one(f"--set {key}={text}: the value must be finite", path="<command line>")
+        raise CheckError.one(f"--set {key}={text}: the value must be finite", path="<command line>")
     return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
 
 
@@ -245,4 +245,4 @@ def _check_overrides_used(program: Program) -> None:
         if key not in known:
             near = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f"did you mean `{near[0]}`?" if near else f"params: {', '.join(sorted(known)) or 'none'}"
-            raise L2Error.one(f"--set {key}: the strategy has no param `{key}`", hint=hint, path="<command line>")
+            raise CheckError.one(f"--set {key}: the strategy has no param `{key}`", hint=hint, path="<command line>")

@@ -8,10 +8,16 @@ import unicodedata
 from collections.abc import Iterator
 
 from lark import Lark, Token, Transformer, Tree, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+from lark.exceptions import (
+    UnexpectedCharacters,
+    UnexpectedEOF,
+    UnexpectedInput,
+    UnexpectedToken,
+    VisitError,
+)
 
+from l2lang.errors import L2Error, Span, StrategySyntaxError
 from l2lang.lang import ir
-from l2lang.errors import L2Error, Span
 from l2lang.resources import grammar_text
 
 MAX_FILE_BYTES = 1 << 20
@@ -83,7 +89,7 @@ def decode_source(text: str | bytes, path: str) -> str:
     """Reject what is not a strategy file as text: too large, not UTF-8, NUL bytes."""
     raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
     if len(raw) > MAX_FILE_BYTES:
-        raise L2Error.one(f"file is too large ({len(raw)} bytes; the limit is {MAX_FILE_BYTES})",
+        raise StrategySyntaxError.one(f"file is too large ({len(raw)} bytes; the limit is {MAX_FILE_BYTES})",
                           Span.at(1, 1), path=path)
     try:
         source = raw.decode("utf-8") if isinstance(text, bytes) else text.encode("utf-8").decode("utf-8")
@@ -92,7 +98,7 @@ def decode_source(text: str | bytes, path: str) -> str:
         prefix = raw[:offset].decode("utf-8", "replace")
         line = prefix.count("\n") + 1
         column = len(prefix) - (prefix.rfind("\n") + 1) + 1
-        raise L2Error.one(f"file is not UTF-8 text (invalid byte at offset {offset})",
+        raise StrategySyntaxError.one(f"file is not UTF-8 text (invalid byte at offset {offset})",
                           Span.at(line, column), path=path, hint="strategy files are UTF-8 text") from None
     if source.startswith("\ufeff"):
         source = source[1:]
@@ -100,12 +106,12 @@ def decode_source(text: str | bytes, path: str) -> str:
         offset = source.index("\0")
         line = source.count("\n", 0, offset) + 1
         column = offset - (source.rfind("\n", 0, offset) + 1) + 1
-        raise L2Error.one("file contains a NUL byte: it is not a text file", Span.at(line, column),
+        raise StrategySyntaxError.one("file contains a NUL byte: it is not a text file", Span.at(line, column),
                           path=path, source=source)
     return source
 
 
-def _syntax_error(exc: UnexpectedInput, source: str, path: str) -> L2Error:
+def _syntax_error(exc: UnexpectedInput, source: str, path: str) -> StrategySyntaxError:
     line, column = max(exc.line, 1), max(exc.column, 1)
     if isinstance(exc, UnexpectedEOF):
         line, column = _end_position(source)
@@ -141,7 +147,7 @@ def _syntax_error(exc: UnexpectedInput, source: str, path: str) -> L2Error:
         message, hint = "unexpected end of file", None
     width = len(str(getattr(exc, "token", "") or " ").splitlines()[0] or " ") \
         if isinstance(exc, UnexpectedToken) and exc.token.type not in ("_NL", "$END") else 1
-    return L2Error.one(message, Span.at(line, column, width), hint=hint, path=path, source=source)
+    return StrategySyntaxError.one(message, Span.at(line, column, width), hint=hint, path=path, source=source)
 
 
 def _end_position(source: str) -> tuple[int, int]:
@@ -181,7 +187,7 @@ def _check_depth(tree: Tree, source: str, path: str) -> None:
         if depth > MAX_DEPTH:
             meta = node.meta
             span = Span.at(getattr(meta, "line", 1), getattr(meta, "column", 1))
-            raise L2Error.one(f"expression is nested too deeply (more than {MAX_DEPTH} levels)", span,
+            raise StrategySyntaxError.one(f"expression is nested too deeply (more than {MAX_DEPTH} levels)", span,
                               path=path, source=source, hint="split it with params or simplify it")
         stack.extend((child, depth) for child in node.children)
 
@@ -209,7 +215,7 @@ def ascii_name(name: str) -> str:
             continue
         words = unicodedata.name(char, "").split()
         if len(words) < 4 or words[:3] not in (["GREEK", "SMALL", "LETTER"], ["GREEK", "CAPITAL", "LETTER"]):
-            raise L2Error.one(f"character {char!r} cannot be part of a name")
+            raise StrategySyntaxError.one(f"character {char!r} cannot be part of a name")
         spelled = "_".join(words[3:]).lower().replace("lamda", "lambda")
         out.append(spelled.capitalize() if words[1] == "CAPITAL" else spelled)
     return "".join(out)
@@ -235,11 +241,11 @@ def _number(token: Token) -> int | float:
     if "." not in text and "e" not in text.lower():
         value: int | float = int(text)
         if value > 10**15:
-            raise L2Error.one(f"number {text} is too large", _token_span(token))
+            raise StrategySyntaxError.one(f"number {text} is too large", _token_span(token))
         return value
     value = float(text)
     if value != value or value in (float("inf"), float("-inf")) or abs(value) > 1e300:
-        raise L2Error.one(f"number {text} is too large", _token_span(token))
+        raise StrategySyntaxError.one(f"number {text} is too large", _token_span(token))
     return value
 
 
@@ -348,7 +354,7 @@ class _ToIR(Transformer):
                 key, value, span = item
                 if key in fields:
                     word = "during" if key == "phase" else "cooldown"
-                    raise L2Error.one(f"rule has two `{word}` options; keep one", span)
+                    raise StrategySyntaxError.one(f"rule has two `{word}` options; keep one", span)
                 fields[key] = value
             else:
                 actions.append(item)

@@ -4,6 +4,8 @@
 `shape` reads a model's depth and width without loading its weights.
 """
 
-from l2lang.plan.compile import compile_plan, schedule
+from l2lang.plan import nodes
+from l2lang.plan.compile import compile_plan
 from l2lang.plan.nodes import *  # noqa: F403
-from l2lang.plan.nodes import walk  # noqa: F401
+
+__all__ = ["compile_plan", *nodes.__all__]

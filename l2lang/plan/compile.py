@@ -14,16 +14,49 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from l2lang.errors import Diagnostic, L2Error, Span
+from l2lang.errors import CompileError, Diagnostic, L2Error, Span
 from l2lang.lang import ir
-from l2lang.lang.check import RETRIEVE_OPTIONS, adaptive_options, check_program, names_in, split_steer
+from l2lang.lang.check import (
+    RETRIEVE_OPTIONS,
+    adaptive_options,
+    check_program,
+    names_in,
+    split_steer,
+)
 from l2lang.lang.compose import Program, Unit, constant
 from l2lang.lang.format import expr as show
 from l2lang.plan.nodes import (
-    _children, ActionPlan, AdaptiveRef, Arith, ChanceOf, Cmp, Const, EstimatorPlan, LayerStep, Logic, MarkPlan,
-    Observe, PassValue, Plan, PlanExpr, QUANTILE_KEYS, RateOf, RecursePlan, Reduce, RulePlan, SamplePlan,
-    SelectPlan, SteerPlan, StorePlan, StreakOf, SuppressPlan, ThresholdPlan, VectorPlan, walk
+    QUANTILE_KEYS,
+    ActionPlan,
+    AdaptiveRef,
+    Arith,
+    ChanceOf,
+    Cmp,
+    Const,
+    EstimatorPlan,
+    LayerStep,
+    Logic,
+    MarkPlan,
+    Observe,
+    PassValue,
+    Plan,
+    PlanExpr,
+    RateOf,
+    RecursePlan,
+    Reduce,
+    RulePlan,
+    SamplePlan,
+    SelectPlan,
+    SteerPlan,
+    StorePlan,
+    StreakOf,
+    SuppressPlan,
+    ThresholdPlan,
+    VectorPlan,
+    _children,
+    walk,
 )
+
 
 @dataclass
 class _Context:
@@ -52,7 +85,7 @@ class Compiler:
         self.profiles: dict[str, dict] = {}
 
     def fail(self, unit: Unit, message: str, span: Span | None, hint: str | None = None) -> L2Error:
-        return L2Error([Diagnostic(message, span, unit.path, unit.source, hint)])
+        return CompileError([Diagnostic(message, span, unit.path, unit.source, hint)])
 
     # -- entry -----------------------------------------------------------------------------------
     def compile(self) -> Plan:
@@ -81,7 +114,7 @@ class Compiler:
         except L2Error as exc:
             self.diagnostics.extend(exc.diagnostics)
         if self.diagnostics:
-            raise L2Error(self.diagnostics)
+            raise CompileError(self.diagnostics)
         for rule in rules:
             observe.update(_layers_read(rule.condition))
         if select is not None:
@@ -492,5 +525,5 @@ def compile_plan(program: Program, layers: int, hidden_size: int | None = None,
     """
     check_program(program)
     if layers < 1:
-        raise L2Error.one(f"a model needs at least one layer, not {layers}", path="<command line>")
+        raise CompileError.one(f"a model needs at least one layer, not {layers}", path="<command line>")
     return Compiler(program, layers, hidden_size, weights_sha256).compile()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from l2lang.lang.compose import Program
+from l2lang.lang.format import format_strategy
 from l2lang.plan import (
     AdaptiveRef,
     Arith,
@@ -21,7 +22,6 @@ from l2lang.plan import (
     StreakOf,
     SuppressPlan,
 )
-from l2lang.lang.format import format_strategy
 
 
 def explain_text(program: Program, plan: Plan | None) -> str:

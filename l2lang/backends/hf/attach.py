@@ -1,167 +1,211 @@
-"""The Python interface: a loaded strategy, attached to a model for the length of a `with` block.
+"""Attaching a strategy to a Hugging Face model for the length of a `with` block.
 
     s = l2lang.load("alrr", warmup=50)
     with s.attach(model, tokenizer) as run:
         model.generate(...)
     run.report()
+
+`Run` installs a pre-hook and a hook on the model (step boundaries) and forward hooks on the
+decoder layers the plan needs, and removes every one on exit. It turns `generate`'s padded
+`[batch, time]` steps into the engine's flat token rows: the prefill step starts one request per
+batch row, each decode step feeds one row per request. It is also the engine's `LayerBackend`:
+`block()` re-runs decoder layers with the arguments their first pass got, the KV cache swapped for
+a view that freezes or refreshes this position (`l2lang.backends.hf.cache`).
 """
 
 from __future__ import annotations
-
-import weakref
-from collections import Counter
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from l2lang import plan as P
-from l2lang.lang.compose import Program, compose
-from l2lang.errors import L2Error
-from l2lang.plan import compile_plan
-from l2lang.backends.hf.layers import adapt
+from l2lang.backends.hf.cache import FrozenView, RefreshView
+from l2lang.backends.hf.layers import ModelAdapter, adapt
+from l2lang.backends.hf.vectors import vector_for
+from l2lang.engine.backend import Capabilities, KVMode, StepRows
 from l2lang.engine.executor import Executor
-from l2lang.lang.parser import parse
+from l2lang.engine.records import Report, StepRecord, build_report
+from l2lang.engine.state import request_keys
+from l2lang.engine.strategy import Strategy
+from l2lang.errors import GenerationError
 
-
-def observe_only() -> Program:
-    """`observe 0..L-1`: every layer's norm recorded, nothing changed (traces, calibration)."""
-    text = "observe 0..L-1\n"
-    return compose(parse(text), "<observe>", text, {})
-
-
-class Strategy:
-    """A checked program, ready to be compiled for a model and attached to it."""
-
-    def __init__(self, program: Program):
-        self.program = program
-        # vectors derived from prompts, per model: derived on the first attach, reused after
-        self.derived: weakref.WeakKeyDictionary[nn.Module, dict[str, torch.Tensor]] = weakref.WeakKeyDictionary()
-        self.plans: dict[tuple, P.Plan] = {}
-
-    @property
-    def fingerprint(self) -> str:
-        return self.program.fingerprint
-
-    def plan_for(self, model: nn.Module) -> P.Plan:
-        """The plan for this model's shape and weights (compiled once per shape, then reused)."""
-        adapter = adapt(model)
-        key = (adapter.num_layers, adapter.hidden_size, _weights_sha256(model))
-        if key not in self.plans:
-            self.plans[key] = compile_plan(self.program, *key)
-        return self.plans[key]
-
-    def attach(self, model: nn.Module, tokenizer=None, seed: int = 0, observe_all: bool = False) -> Run:
-        """Hooks for the `with` block; `observe_all` records every layer's norm (for traces)."""
-        return Run(self, model, tokenizer, seed, observe_all)
-
-
-@dataclass
-class Report:
-    """What a run did: interventions per (rule, action, layer), per request, and the costs."""
-
-    fingerprint: str
-    interventions: dict[str, int]
-    requests: list[dict] = field(default_factory=list)
-    extra_layer_passes: int = 0
-    nonfinite_states: int = 0
-
-    def total(self) -> int:
-        return sum(self.interventions.values())
+CAPABILITIES = Capabilities(kv_modes=frozenset({"frozen", "refresh"}), sequence_selection=True,
+                            name="Hugging Face")
 
 
 class Run:
     """Hooks installed on entry, removed on exit (also on error): the model is restored exactly."""
 
-    def __init__(self, strategy: Strategy, model: nn.Module, tokenizer, seed: int, observe_all: bool = False):
+    capabilities = CAPABILITIES
+
+    def __init__(self, strategy: Strategy, model: nn.Module, tokenizer, seed: int, observe_all: bool = False,
+                 caller_selects: bool = False):
         self.strategy, self.model, self.tokenizer, self.seed = strategy, model, tokenizer, seed
-        self.adapter = adapt(model)
-        self.plan = strategy.plan_for(model)
+        self.adapter: ModelAdapter = adapt(model)
+        self.plan = plan_for(strategy, model)
+        if self.plan.sample is not None and not caller_selects:
+            raise GenerationError.one(
+                f"{self.plan.source}: `sample`/`select` pick one answer among several; `attach` cannot do that "
+                "inside your own `model.generate` call", path=self.plan.source,
+                hint="use `l2lang.generate(model, tokenizer, strategy, prompts)`, which samples and selects")
         if observe_all:
             self.plan = self.plan.model_copy(update={"observe": tuple(range(self.adapter.num_layers))})
         self.executor: Executor | None = None
+        self.handles: list = []
+        self.calls: list[tuple[int, list[int]]] = []  # per generate call: first record, request uids
+        self.eos = torch.tensor([-1])
 
+    # -- lifetime ------------------------------------------------------------------------------
     def __enter__(self) -> Run:
-        vectors = {name: self._vector(v) for name, v in self.plan.vectors.items()}
+        parameter = next(self.model.parameters())
+        vectors = {name: vector_for(v, self.strategy, self.model, self.adapter, self.tokenizer)
+                   for name, v in self.plan.vectors.items()}
         eos = self.model.generation_config.eos_token_id if getattr(self.model, "generation_config", None) else None
-        eos_ids = tuple(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
-        self.executor = Executor(self.plan, self.model, self.adapter, vectors, self.seed, eos_ids)
-        self.executor.install()
+        eos_ids = eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else []
+        self.eos = torch.tensor(sorted(set(eos_ids)) or [-1], device=parameter.device)
+        self.executor = Executor(self.plan, self, vectors, seed=self.seed, hidden_size=self.adapter.hidden_size,
+                                 dtype=parameter.dtype, device=parameter.device)
+        self.handles.append(self.model.register_forward_pre_hook(self._begin_step, with_kwargs=True))
+        self.handles.append(self.model.register_forward_hook(self._end_step, with_kwargs=True))
+        for index in self.executor.hooked:
+            self.handles.append(self.adapter.layers[index].register_forward_hook(self._layer_hook(index),
+                                                                                 with_kwargs=True))
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.executor is not None:
-            self.executor.remove()
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
 
-    def _vector(self, spec: P.VectorPlan) -> torch.Tensor:
-        parameter = next(self.model.parameters())
-        if spec.source == "load":
-            from safetensors.torch import load_file
-
-            tensors = load_file(spec.path)
-            vector = tensors[spec.key] if spec.key else next(iter(tensors.values()))
+    # -- step boundaries -----------------------------------------------------------------------
+    def _begin_step(self, module, args, kwargs):
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        reference = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
+        batch, width = reference.shape[0], reference.shape[1]
+        cache = kwargs.get("past_key_values")
+        past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
+        device = reference.device
+        self.cache, self.layer_calls, self.shape = cache, {}, (batch, width)
+        executor = self.executor
+        if past == 0:
+            if cache is None and kwargs.get("use_cache") is False and self._acts_in_decode():
+                raise GenerationError.one("l2lang runs decode-step rules with the KV cache: generate with "
+                                          "use_cache=True", path="<generate>")
+            mask = kwargs.get("attention_mask")
+            valid = mask[:, -width:].bool() if mask is not None else torch.ones(batch, width, dtype=torch.bool,
+                                                                                device=device)
+            ids = input_ids if input_ids is not None else torch.zeros(batch, width, dtype=torch.long, device=device)
+            # a new generate call: the previous call's requests are done, and slots follow batch rows
+            executor.finish_requests([s for s, uid in enumerate(executor.table.uids) if uid is not None])
+            slots, uids = executor.start_requests(request_keys(ids, valid))
+            assert slots.tolist() == list(range(batch))
+            self.calls.append((len(executor.records), uids))
+            self.finished = torch.zeros(batch, dtype=torch.bool, device=device)
+            self.decode_step = 0
+            last = torch.zeros(batch, width, dtype=torch.bool, device=device)
+            last[:, -1] = True
+            rows = StepRows(slots=torch.arange(batch, device=device).repeat_interleave(width),
+                            decode=torch.zeros(batch * width, dtype=torch.bool, device=device),
+                            valid=valid.reshape(-1), last=last.reshape(-1), phase="prefill")
+            executor.begin_step(rows)
         else:
-            derived = self.strategy.derived.setdefault(self.model, {})
-            key = f"{id(self.tokenizer)}:{spec.model_dump_json()}"  # derived with this tokenizer
-            if key not in derived:
-                derived[key] = contrast_vector(self.model, self.adapter, self.tokenizer, spec)
-            vector = derived[key]
-        vector = vector.reshape(-1)
-        if vector.numel() != self.adapter.hidden_size:
-            raise L2Error.one(f"vector `{spec.name}` has {vector.numel()} values; the model's hidden size is "
-                              f"{self.adapter.hidden_size}", path=spec.path or "<vector>")
-        return vector.to(device=parameter.device, dtype=parameter.dtype)
+            if width != 1:
+                raise GenerationError.one(f"l2lang decodes one token per step; this call feeds {width}",
+                                          path="<generate>", hint="assisted or speculative decoding is not supported")
+            if input_ids is not None:
+                self.finished |= (input_ids[:, -1:] == self.eos).any(dim=-1)  # cheaper than isin for a few ids
+            self.decode_step += 1
+            every = torch.ones(batch, dtype=torch.bool, device=device)
+            rows = StepRows(slots=torch.arange(batch, device=device), decode=every, valid=~self.finished,
+                            last=every, phase="decode")
+            executor.begin_step(rows, common_step=self.decode_step)
+        return None
+
+    def _end_step(self, module, args, kwargs, output):
+        self.executor.end_step()
+        return output
+
+    def _acts_in_decode(self) -> bool:
+        return any(rule.phase != "prefill" for rule in self.plan.rules)
+
+    def _layer_hook(self, index: int):
+        executor = self.executor
+
+        def hook(module, args, kwargs, output):
+            if executor.rows is None:
+                return output
+            if index in executor.block_layers:
+                self.layer_calls[index] = (args, kwargs)
+            hidden = output[0] if isinstance(output, tuple) else output
+            before = args[0] if args else kwargs["hidden_states"]
+            size = hidden.shape[-1]
+            flat = hidden.view(-1, size)
+            new = executor.after_layer(index, flat, before.view(-1, size))
+            if new is flat:
+                return output
+            new = new.view(hidden.shape)
+            return (new, *output[1:]) if isinstance(output, tuple) else new
+        return hook
+
+    # -- the engine's LayerBackend ---------------------------------------------------------------
+    def block(self, first: int, last: int, kv: KVMode) -> _Block:
+        return _Block(self, first, last, kv)
+
+    # -- results -------------------------------------------------------------------------------
+    def last_call(self) -> tuple[list[StepRecord], list[int]]:
+        """The step records and request uids of the last generate call."""
+        start, uids = self.calls[-1]
+        return self.executor.records[start:], uids
 
     def report(self) -> Report:
-        executor = self.executor
-        counts: Counter[str] = Counter()
-        requests = []
-        for call in executor.history:
-            traces: list[list[dict]] = [[] for _ in range(call.keys.shape[0])]
-            for step_index, record in enumerate(call.records):
-                for (rule_id, action_index), effect in record["effects"].items():
-                    action = executor.rules[rule_id].actions[action_index]
-                    hits = effect.any(dim=-1).cpu()
-                    label = f"{action.kind}@{action.layer}"
-                    counts[label] += int(effect.sum())
-                    for row in hits.nonzero().flatten().tolist():
-                        traces[row].append({"step": step_index, "phase": record["phase"], "rule": rule_id,
-                                            "action": action.kind, "layer": action.layer})
-            requests.extend({"interventions": trace} for trace in traces)
-        passes = sum(call.extra_layer_passes for call in executor.history)
-        return Report(self.strategy.fingerprint, dict(sorted(counts.items())), requests, passes,
-                      executor.warn_nonfinite())
+        """Interventions of every generate call inside the `with` block, requests in call order."""
+        uids = [uid for _, call in self.calls for uid in call]
+        return build_report(self.plan, self.executor.records, uids, self.executor.warn_nonfinite())
+
+
+class _Block:
+    """Extra passes of layers `first..last` over the current decode step (batch rows = requests)."""
+
+    def __init__(self, run: Run, first: int, last: int, kv: KVMode):
+        self.run_, self.first, self.last = run, first, last
+        self.view = (RefreshView if kv == "refresh" else FrozenView)(run.cache)
+
+    def run(self, hidden: torch.Tensor) -> torch.Tensor:
+        run, cache, view = self.run_, self.run_.cache, self.view
+        state = hidden.view(*run.shape, -1)
+        for j in range(self.first, self.last + 1):
+            args, kwargs = run.layer_calls[j]
+            args = tuple(view if a is cache else a for a in args)
+            kwargs = {k: (view if v is cache else v) for k, v in kwargs.items()}
+            if args:
+                out = run.adapter.layers[j].forward(state, *args[1:], **kwargs)
+            else:
+                out = run.adapter.layers[j].forward(**{**kwargs, "hidden_states": state})
+            state = out[0] if isinstance(out, tuple) else out
+        return state.reshape(hidden.shape)
+
+    def accept(self, rows: torch.Tensor) -> None:
+        if isinstance(self.view, RefreshView):
+            self.view.accept(rows)
+
+    def commit(self) -> None:
+        if isinstance(self.view, RefreshView):
+            self.view.commit()
+
+
+def plan_for(strategy: Strategy, model: nn.Module) -> P.Plan:
+    """The strategy's plan for this model's depth, width and weights (refused if the backend cannot run it)."""
+    adapter = adapt(model)
+    plan = strategy.plan_for_shape(adapter.num_layers, adapter.hidden_size, _weights_sha256(model))
+    CAPABILITIES.check(plan)
+    return plan
+
+
+def attach(strategy: Strategy, model: nn.Module, tokenizer=None, seed: int = 0, observe_all: bool = False) -> Run:
+    """Hooks for the `with` block; `observe_all` records every layer's norm (for traces)."""
+    return Run(strategy, model, tokenizer, seed, observe_all)
 
 
 def _weights_sha256(model: nn.Module) -> str | None:
     """The weights hash `load_model` recorded on the model, if it was loaded that way."""
     return getattr(model, "l2lang_weights_sha256", None)
-
-
-@torch.no_grad()
-def contrast_vector(model: nn.Module, adapter, tokenizer, spec: P.VectorPlan) -> torch.Tensor:
-    """Mean last-token state after `spec.layer` over the positive prompts minus over the negative ones.
-
-    The state is caught with a temporary hook of our own (not `output_hidden_states`, which makes
-    transformers install permanent hooks of its own).
-    """
-    if tokenizer is None:
-        raise L2Error.one(f"vector `{spec.name}` is derived from prompts: attach with a tokenizer",
-                          path="<vector>")
-    caught: list[torch.Tensor] = []
-
-    def catch(module, args, output):
-        caught.append((output[0] if isinstance(output, tuple) else output)[0, -1].float())
-
-    def mean_state(prompts: tuple[str, ...]) -> torch.Tensor:
-        caught.clear()
-        for prompt in prompts:
-            ids = tokenizer(prompt, return_tensors="pt").input_ids.to(next(model.parameters()).device)
-            model(ids, use_cache=False)
-        return torch.stack(caught).mean(dim=0)
-
-    handle = adapter.layers[spec.layer].register_forward_hook(catch)
-    try:
-        return mean_state(spec.positive) - mean_state(spec.negative)
-    finally:
-        handle.remove()

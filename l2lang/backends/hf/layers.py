@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from l2lang.errors import L2Error
+from l2lang.errors import UnsupportedError
 
 LAYER_PATHS = {
     "llama": "model.layers",
@@ -45,7 +45,7 @@ def adapt(model: nn.Module) -> ModelAdapter:
     model_type = getattr(config, "model_type", None)
     path = LAYER_PATHS.get(model_type or "")
     if path is None:
-        raise L2Error.one(f"{type(model).__name__} (model_type {model_type!r}) is not supported",
+        raise UnsupportedError.one(f"{type(model).__name__} (model_type {model_type!r}) is not supported",
                           hint=f"supported families: {', '.join(sorted(LAYER_PATHS))}", path="<model>")
     module = model
     for part in path.split("."):

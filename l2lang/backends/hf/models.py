@@ -179,3 +179,11 @@ def folder_sha256(folder: Path) -> str:
 def _mkdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def quiet_transformers() -> None:
+    """No progress bars or info logs from transformers on the command line."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()

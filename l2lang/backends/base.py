@@ -1,0 +1,63 @@
+"""The interface applications use: a model inside an inference engine, generating with a strategy.
+
+`open_backend("hf", "smollm2-135m")` gives a `Backend`; `trace`, `calibrate`, `eval` and the CLI
+talk to that and to nothing backend-specific. A new backend subclasses `Backend` here and
+implements the engine's `LayerBackend` (l2lang.engine.backend) inside its inference engine.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from l2lang.engine.backend import Capabilities
+from l2lang.engine.generation import Generation
+from l2lang.engine.strategy import Strategy
+from l2lang.plan import Plan
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling instead of greedy decoding (a strategy's own `sample` statement takes precedence)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+
+class Backend(ABC):
+    """A loaded model in one inference engine."""
+
+    name: str
+    model_id: str
+    weights_sha256: str
+    capabilities: Capabilities
+
+    @abstractmethod
+    def plan_for(self, strategy: Strategy) -> Plan:
+        """The strategy compiled for this model; refused if the model or the backend cannot run it."""
+
+    @abstractmethod
+    def generate(self, strategy: Strategy, prompts: list[str], *, seed: int = 0, chat: bool | None = None,
+                 max_new_tokens: int = 64, sampling: Sampling | None = None,
+                 observe_all: bool = False) -> Generation:
+        """One output per prompt (greedy unless `sampling` or the strategy's `sample`), with the report and
+        the step records. `observe_all` records every layer's norm (for traces)."""
+
+    @abstractmethod
+    def decode(self, token_ids: list[int]) -> str:
+        """The text of these tokens (special tokens kept)."""
+
+    def close(self) -> None:
+        """Release the engine (processes, memory)."""
+
+
+def open_backend(name: str, model: str, *, dtype: str = "float32") -> Backend:
+    """The backend `name` ("hf") with `model` loaded: an alias, a local folder, a .gguf file or a hub id."""
+    if name == "hf":
+        from l2lang.backends.hf.backend import HFBackend
+
+        return HFBackend.load(model, dtype=dtype)
+    from l2lang.errors import UnsupportedError
+
+    raise UnsupportedError.one(f"unknown backend {name!r}", hint="backends: hf", path="<command line>")

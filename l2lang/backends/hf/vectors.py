@@ -1,0 +1,62 @@
+"""Steering vectors for a Hugging Face model: loaded from safetensors, or derived from contrasting prompts."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from l2lang import plan as P
+from l2lang.backends.hf.layers import ModelAdapter
+from l2lang.engine.strategy import Strategy
+from l2lang.errors import L2Error
+
+
+def vector_for(spec: P.VectorPlan, strategy: Strategy, model: nn.Module, adapter: ModelAdapter,
+               tokenizer) -> torch.Tensor:
+    """The vector `spec` names, on the model's device and dtype, checked against its hidden size."""
+    parameter = next(model.parameters())
+    if spec.source == "load":
+        from safetensors.torch import load_file
+
+        tensors = load_file(spec.path)
+        vector = tensors[spec.key] if spec.key else next(iter(tensors.values()))
+    else:
+        derived = strategy.derived.setdefault(model, {})
+        key = f"{id(tokenizer)}:{spec.model_dump_json()}"  # derived with this tokenizer
+        if key not in derived:
+            derived[key] = contrast_vector(model, adapter, tokenizer, spec)
+        vector = derived[key]
+    vector = vector.reshape(-1)
+    if vector.numel() != adapter.hidden_size:
+        raise L2Error.one(f"vector `{spec.name}` has {vector.numel()} values; the model's hidden size is "
+                          f"{adapter.hidden_size}", path=spec.path or "<vector>")
+    return vector.to(device=parameter.device, dtype=parameter.dtype)
+
+
+@torch.no_grad()
+def contrast_vector(model: nn.Module, adapter: ModelAdapter, tokenizer, spec: P.VectorPlan) -> torch.Tensor:
+    """Mean last-token state after `spec.layer` over the positive prompts minus over the negative ones.
+
+    The state is caught with a temporary hook of our own (not `output_hidden_states`, which makes
+    transformers install permanent hooks of its own).
+    """
+    if tokenizer is None:
+        raise L2Error.one(f"vector `{spec.name}` is derived from prompts: attach with a tokenizer",
+                          path="<vector>")
+    caught: list[torch.Tensor] = []
+
+    def catch(module, args, output):
+        caught.append((output[0] if isinstance(output, tuple) else output)[0, -1].float())
+
+    def mean_state(prompts: tuple[str, ...]) -> torch.Tensor:
+        caught.clear()
+        for prompt in prompts:
+            ids = tokenizer(prompt, return_tensors="pt").input_ids.to(next(model.parameters()).device)
+            model(ids, use_cache=False)
+        return torch.stack(caught).mean(dim=0)
+
+    handle = adapter.layers[spec.layer].register_forward_hook(catch)
+    try:
+        return mean_state(spec.positive) - mean_state(spec.negative)
+    finally:
+        handle.remove()

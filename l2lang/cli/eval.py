@@ -1,0 +1,53 @@
+"""`l2lang eval --strategies S,... --task T`: accuracy and cost of strategies on the same task items."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from l2lang.cli.options import chat_option, model_option, open_model, seed_option
+from l2lang.errors import L2Error
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser("eval", help="accuracy and cost of strategies on the same task items")
+    model_option(parser)
+    parser.add_argument("--strategies", required=True, nargs="+", metavar="S",
+                        help="comma-separated names or files, each with optional :k=v,... params "
+                        "(e.g. baseline,alrr:warmup=32,lrs:n=4)")
+    parser.add_argument("--task", required=True, metavar="T",
+                        help="reasoning_gym:NAME[:k=v,...], a BIG-bench task.json, or a JSONL of question/answer")
+    parser.add_argument("--baseline", default=None, metavar="S", help="the strategy the paired columns compare "
+                        "with, as listed (default: `baseline` if listed, else the first)")
+    parser.add_argument("--n", type=int, default=50, metavar="N", help="items (default 50)")
+    seed_option(parser)
+    parser.add_argument("--max-new-tokens", type=int, default=256, metavar="K")
+    parser.add_argument("--batch-size", type=int, default=8, metavar="B")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--out", default="eval", metavar="DIR", help="results.jsonl, results.md, report.html "
+                        "(default ./eval; re-running resumes)")
+    chat_option(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from l2lang.apps.eval_report import write_report  # torch loads only here
+    from l2lang.apps.evaluate import evaluate, markdown_table, parse_arms, summarise
+    from l2lang.apps.tasks import load_task
+
+    if args.batch_size < 1 or args.max_new_tokens < 1:
+        raise L2Error.one("--batch-size and --max-new-tokens must be at least 1", path="<command line>")
+    arms = parse_arms(args.strategies)
+    if args.baseline is not None and args.baseline not in {a.label for a in arms}:
+        raise L2Error.one(f"--baseline {args.baseline}: not one of the strategies listed", path="<command line>")
+    task = load_task(args.task, args.n, args.seed)
+    backend = open_model(args, dtype=args.dtype)
+    print(f"l2lang: {len(arms)} strategies × {len(task.items)} items of {args.task} on {backend.model_id}",
+          file=sys.stderr)
+    records, settings = evaluate(backend, arms, task, args.out, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                                 batch_size=args.batch_size, chat=args.chat, dtype=args.dtype)
+    rows = summarise(records, arms, args.baseline)
+    write_report(rows, settings, args.out)
+    print(markdown_table(rows))
+    print(f"\n{args.out}/: results.jsonl, results.md, summary.json, report.html", file=sys.stderr)
+    return 0

@@ -1,0 +1,50 @@
+"""`l2lang trace STRATEGY --prompt TEXT --out DIR`: norms per token and layer, a heatmap, an HTML report."""
+
+from __future__ import annotations
+
+import argparse
+
+from l2lang.cli.options import (
+    chat_option,
+    model_option,
+    open_model,
+    parse_sets,
+    prompt_options,
+    read_prompts,
+    seed_option,
+    set_option,
+)
+from l2lang.errors import L2Error
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser("trace", help="write norms per token and layer, a heatmap and an HTML report")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("strategy", nargs="?", metavar="STRATEGY")
+    target.add_argument("--observe", action="store_true", help="observe only, with no strategy")
+    model_option(parser)
+    prompt_options(parser)
+    parser.add_argument("--out", required=True, metavar="DIR")
+    parser.add_argument("--max-new-tokens", type=int, default=64, metavar="N")
+    seed_option(parser)
+    chat_option(parser)
+    set_option(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from l2lang.apps.trace import trace  # torch loads only here
+    from l2lang.engine.strategy import observe_only
+    from l2lang.lang.compose import load_program
+
+    program = observe_only() if args.observe else load_program(args.strategy, parse_sets(args.set))
+    if program.sample is not None:
+        raise L2Error.one("trace follows one answer per prompt; `sample` strategies are listed by `run --json`",
+                          path=str(args.strategy))
+    prompts = read_prompts(args)
+    summary = trace(open_model(args), program, prompts, args.out, max_new_tokens=args.max_new_tokens, chat=args.chat,
+                    seed=args.seed)
+    fired = ", ".join(f"{k}: {v}" for k, v in summary["interventions"].items() if v) or "nowhere"
+    print(f"{summary['folder']}: {summary['tokens']} tokens traced for {summary['requests']} prompt(s); "
+          f"report.html, heatmap.png, fig1.png, norms.jsonl, norms.csv; fired: {fired}")
+    return 0

@@ -1,0 +1,104 @@
+"""What the executor keeps of each forward pass, and per-request views of it.
+
+One `StepRecord` per step: who the rows were, the first-pass norm after every observed layer (one
+tensor per step), and where each action took effect. Applications read these: `trace` and
+`calibrate` the norms, `select` the decode norms of each candidate, the report the effects. Records
+stay on the device until a consumer reads them; nothing here runs inside a forward pass.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+
+from l2lang.engine.backend import StepRows
+from l2lang.plan import Plan
+
+
+@dataclass
+class StepRecord:
+    rows: StepRows
+    slot_uids: tuple[int | None, ...]  # the request holding each slot during this step
+    steps: torch.Tensor                # int64 [N]: each row's decode step (0 for prompt rows)
+    layers: tuple[int, ...]            # the observed layers, in the order of `norms`
+    norms: torch.Tensor                # float32 [len(layers), N]
+    effects: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # (rule, action) -> bool [N]
+    extra_layer_passes: int = 0        # layer forward passes run by recursions in this step
+
+    def norm(self, layer: int) -> torch.Tensor:
+        return self.norms[self.layers.index(layer)]
+
+
+@dataclass
+class RequestRows:
+    """One request's rows across steps, in order: prompt positions, then each generated token."""
+
+    uid: int
+    phases: list[str]                 # "prefill" | "decode" per row
+    steps: list[int]
+    norms: torch.Tensor               # float32 [rows, observed layers]
+    layers: tuple[int, ...]
+
+
+def request_rows(records: list[StepRecord], uids: list[int]) -> dict[int, RequestRows]:
+    """Each request's valid rows, gathered from the records (host-side; for traces and calibration)."""
+    wanted = set(uids)
+    parts: dict[int, list[tuple[str, int, torch.Tensor]]] = {uid: [] for uid in uids}
+    layers: tuple[int, ...] = records[0].layers if records else ()
+    for record in records:
+        valid = record.rows.valid.cpu()
+        slots, decode, steps = record.rows.slots.cpu(), record.rows.decode.cpu(), record.steps.cpu()
+        norms = record.norms.cpu()
+        for row in valid.nonzero().flatten().tolist():
+            uid = record.slot_uids[int(slots[row])]
+            if uid in wanted:
+                parts[uid].append(("decode" if decode[row] else "prefill", int(steps[row]), norms[:, row]))
+    out = {}
+    for uid, items in parts.items():
+        stacked = torch.stack([n for _, _, n in items]) if items else torch.zeros(0, len(layers))
+        out[uid] = RequestRows(uid, [p for p, _, _ in items], [s for _, s, _ in items], stacked, layers)
+    return out
+
+
+@dataclass
+class Report:
+    """Interventions per (action, layer) label, each request's interventions, and the costs."""
+
+    fingerprint: str
+    interventions: dict[str, int]
+    requests: list[dict] = field(default_factory=list)
+    extra_layer_passes: int = 0
+    nonfinite_states: int = 0
+
+    def total(self) -> int:
+        return sum(self.interventions.values())
+
+
+def build_report(plan: Plan, records: list[StepRecord], uids: list[int], nonfinite: int = 0) -> Report:
+    """Counts per `kind@layer` (every action of the plan listed, 0 when it never took effect) and, for
+    each request in `uids` (in that order), its interventions as {step, phase, rule, action, layer}."""
+    actions = {(rule.id, i): action for rule in plan.rules for i, action in enumerate(rule.actions)}
+    counts: Counter[str] = Counter({f"{a.kind}@{a.layer}": 0 for a in actions.values()})
+    traces: dict[int, list[dict]] = {uid: [] for uid in uids}
+    for record in records:
+        if not record.effects:
+            continue
+        slots, decode, steps = record.rows.slots.cpu(), record.rows.decode.cpu(), record.steps.cpu()
+        for (rule_id, index), effect in record.effects.items():
+            action = actions[(rule_id, index)]
+            hits = effect.cpu()
+            for row in hits.nonzero().flatten().tolist():
+                uid = record.slot_uids[int(slots[row])]
+                if uid not in traces:
+                    continue
+                counts[f"{action.kind}@{action.layer}"] += 1
+                entry = {"step": int(steps[row]), "phase": "decode" if decode[row] else "prefill", "rule": rule_id,
+                         "action": action.kind, "layer": action.layer}
+                trace = traces[uid]
+                if not trace or trace[-1] != entry:  # one entry per (step, rule, action) of a request
+                    trace.append(entry)
+    passes = sum(r.extra_layer_passes for r in records)
+    return Report(plan.fingerprint, dict(sorted(counts.items())), [{"interventions": traces[u]} for u in uids],
+                  passes, nonfinite)
