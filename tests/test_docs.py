@@ -21,3 +21,28 @@ def test_every_shipped_strategy_is_documented() -> None:
     text = (DOCS / "language.md").read_text(encoding="utf-8")
     for name in shipped_strategies():
         assert f"`{name}`" in text, name
+
+
+def test_the_readme_python_example_runs_as_written() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 (our own README)
+    assert namespace["result"].texts[0].strip() and namespace["run"].report().fingerprint
+
+
+def test_only_backends_and_integrations_import_inference_engines() -> None:
+    """The language, plan, engine, applications and CLI reach transformers, vLLM or lm-eval only
+    through a backend (docs/architecture.md)."""
+    import ast
+
+    package = Path(__file__).parents[1] / "l2lang"
+    engines = {"transformers", "vllm", "lm_eval"}
+    for path in package.rglob("*.py"):
+        part = path.relative_to(package).parts[0]
+        if part in ("backends", "integrations"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.split(".")[0] in engines for n in names), f"{path} imports {names}"

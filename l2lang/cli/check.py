@@ -31,7 +31,7 @@ def run(args) -> int:
             else:
                 plan = compile_plan(program, shape.layers, shape.hidden_size)
                 for warning in plan.warnings:
-                    print(f"{warning} [warning]", file=sys.stderr)
+                    print(warning, file=sys.stderr)
         except L2Error as exc:
             failures.append(exc)
             print(exc.render(), file=sys.stderr)

@@ -76,7 +76,7 @@ class Compiler:
         self.hidden = hidden_size
         self.weights_sha256 = weights_sha256
         self.diagnostics: list[Diagnostic] = []
-        self.warnings: list[str] = []
+        self.warnings: list[Diagnostic] = []
         self.thresholds: dict[str, ThresholdPlan] = {}
         self.estimators: dict[tuple[str, str, str], EstimatorPlan] = {}
         self.streaks = 0
@@ -126,7 +126,7 @@ class Compiler:
             estimators=tuple(self.estimators.values()), vectors=vectors, banks=banks,
             observe=tuple(sorted(observe)), rules=tuple(rules), schedule=schedule(rules),
             streak_slots=self.streaks, rate_slots=self.rates, chance_slots=self.chances, sample=sample, select=select,
-            warnings=tuple(self.warnings))
+            warnings=tuple(w.render() for w in self.warnings))
 
     # -- layers ----------------------------------------------------------------------------------
     def layer(self, ctx: _Context, expr) -> int:
@@ -316,8 +316,10 @@ class Compiler:
                                 f"{delayed[0].layer} this `{rule.phase}` rule acts on", rule.span,
                                 hint="act at or after the layers the condition reads")
             where = ", ".join(sorted({f"{a.kind} at layer {a.layer}" for a in delayed}))
-            self.warnings.append(f"{origin}: the condition is read at layer {read_layer}, after {where}; "
-                                 "that action applies on the request's next decode step")
+            self.warnings.append(Diagnostic(
+                f"the condition is read at layer {read_layer}, after {where}; that action applies on the "
+                "request's next decode step", span, unit.path, unit.source, severity="warning",
+                hint="act at or after the layers the condition reads to act on the same step"))
         cooldown = int(constant(rule.cooldown, unit, "cooldown")) if rule.cooldown is not None else 0
         return RulePlan(id=rule_id, origin=origin, phase=rule.phase, cooldown=cooldown, read_layer=read_layer,
                         condition=condition, actions=tuple(actions))

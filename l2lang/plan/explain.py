@@ -76,7 +76,7 @@ def explain_text(program: Program, plan: Plan | None) -> str:
         s = plan.select
         lines.append(f"select {s.mode} {s.metric} over layers {_ranges(s.layers)}" + (" per token" if s.per_token else ""))
     if plan.warnings:
-        lines += ["", "warnings"] + [f"  {w}" for w in plan.warnings]
+        lines += ["", "warnings"] + [f"  {line}" for w in plan.warnings for line in w.splitlines()]
     return "\n".join(lines)
 
 

@@ -247,7 +247,7 @@ class Plan(PlanNode):
     chance_slots: int = 0
     sample: SamplePlan | None = None
     select: SelectPlan | None = None
-    warnings: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # rendered diagnostics of severity "warning"
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
