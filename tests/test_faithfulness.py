@@ -33,7 +33,8 @@ def run_l2lang(model, name: str, params: dict, prompt: list[int], **kwargs):
             out = model.generate(torch.tensor([prompt]), pad_token_id=0, **kwargs)
         finally:
             handle.remove()
-    return out, {k: v for k, v in run.report().interventions.items() if v}, states
+    report = run.report()
+    return out, {k: v for k, v in report.interventions.items() if v}, states, report
 
 
 def run_reference(model, method, prompt: list[int], **kwargs):
@@ -47,7 +48,7 @@ def run_reference(model, method, prompt: list[int], **kwargs):
 
 
 def assert_same(ours, reference) -> None:
-    (tokens, counts, states), (ref_tokens, ref_counts, ref_states) = ours, reference
+    (tokens, counts, states), (ref_tokens, ref_counts, ref_states) = ours[:3], reference
     assert tokens.tolist() == ref_tokens.tolist()
     assert counts == ref_counts
     assert len(states) == len(ref_states)
@@ -56,13 +57,15 @@ def assert_same(ours, reference) -> None:
 
 
 CASES = {
-    "alrr": ({"warmup": 5, "k": 0, "epsilon": -1.0, "blowup": 3}, dict(k=0, k_max=1, epsilon=-1.0, blowup=3)),
+    # epsilon 0.08: some candidate passes grow enough and are kept, others are rejected (asserted below)
+    "alrr": ({"warmup": 5, "k": 0, "epsilon": 0.08, "blowup": 3}, dict(k=0, k_max=1, epsilon=0.08, blowup=3)),
     "alrr-demo": ({"warmup": 5, "k": 0, "epsilon": -0.5, "blowup": 7, "k_max": 3},
                   dict(k=0, k_max=3, epsilon=-0.5, blowup=7)),
-    "erss": ({"warmup": 5, "k": 0, "streak_length": 2, "p": 0.5, "cool": 1, "min_cos": -1, "bank_size": 3},
-             dict(k=0, streak_length=2, p=0.5, cooldown=1, min_cos=-1, bank_size=3, beta=0.5, update="mix")),
-    "erss-figure": ({"warmup": 5, "k": 0, "streak_length": 2, "p": 0.5, "cool": 1, "min_cos": -1, "bank_size": 3},
-                    dict(k=0, streak_length=2, p=0.5, cooldown=1, min_cos=-1, bank_size=3, beta=0.5, update="add")),
+    # streak 1: both ERSS readings steer (not only store) in these runs (asserted below)
+    "erss": ({"warmup": 5, "k": 0, "streak_length": 1, "p": 0.5, "cool": 1, "min_cos": -1, "bank_size": 3},
+             dict(k=0, streak_length=1, p=0.5, cooldown=1, min_cos=-1, bank_size=3, beta=0.5, update="mix")),
+    "erss-figure": ({"warmup": 5, "k": 0, "streak_length": 1, "p": 0.5, "cool": 1, "min_cos": -1, "bank_size": 3},
+                    dict(k=0, streak_length=1, p=0.5, cooldown=1, min_cos=-1, bank_size=3, beta=0.5, update="add")),
     "suppress-high": ({"warmup": 5, "k": 0, "factor": 0.5}, dict(k=0, factor=0.5)),
     "suppress-random": ({"warmup": 5, "k": 0, "factor": 0.5}, dict(k=0, factor=0.5, random=True)),
 }
@@ -80,6 +83,11 @@ def test_method_equals_its_reference(family: str, name: str) -> None:
     reference = run_reference(model, REFERENCE[name](model, CHOSEN, warmup=5, **reference_params), PROMPT, **kwargs)
     assert_same(ours, reference)
     assert ours[1], f"{name} never acted: the comparison would prove nothing"
+    if name.startswith("erss"):
+        assert any(label.startswith("steer") for label in ours[1]), "ERSS must steer, not only store"
+    if name == "alrr":
+        accepted = sum(v for k, v in ours[1].items() if k.startswith("recurse"))
+        assert ours[3].extra_layer_passes > accepted > 0, "some passes must be kept and some rejected"
 
 
 @settings(max_examples=8, deadline=None)

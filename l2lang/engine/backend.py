@@ -51,16 +51,16 @@ class StepRows:
 
     `slots[i]` is the per-request state slot of row i; `decode[i]` says the row is a generated token
     fed back (not a prompt position); `valid[i]` that it is real (not padding, its request still
-    running); `last[i]` that it is the newest token of its request in this step. `phase` is
-    "decode" when every row is a decode row with `slots == arange(N)` (one row per request, in slot
-    order), "prefill" when no row is a decode row, else "mixed".
+    running); `positions[i]` is a prompt row's 0-based position in its prompt (needed when the step
+    has prompt rows). `phase` is "decode" when every row is a decode row with `slots == arange(N)`
+    (one row per request, in slot order), "prefill" when no row is a decode row, else "mixed".
     """
 
     slots: torch.Tensor   # int64 [N]
     decode: torch.Tensor  # bool [N]
     valid: torch.Tensor   # bool [N]
-    last: torch.Tensor    # bool [N]
     phase: Phase
+    positions: torch.Tensor | None = None  # int64 [N]
 
     @property
     def size(self) -> int:

@@ -49,6 +49,7 @@ class Executor:
         self.observed_row = {layer: i for i, layer in enumerate(self.observed)}
         # Per-step bookkeeping, decided once here rather than by walking the plan every step.
         self.streaks_of = {rule.id: _streak_slots(rule.condition) for rule in plan.rules}
+        self.on_fire = {rule.id for rule in plan.rules if rule.cooldown or self.streaks_of[rule.id]}
         self.latch_index = {rule_id: i for i, rule_id in enumerate(r.id for r in plan.rules
                                                                    if any(a.delay for a in r.actions))}
         self.table = RequestTable(plan, capacity, hidden_size, dtype, device)
@@ -77,16 +78,20 @@ class Executor:
         table = self.table
         self.rows = rows
         if rows.phase == "prefill":
-            self.step_numbers, self.common_step = torch.zeros_like(rows.slots), 0
+            self.step_numbers = torch.zeros_like(rows.slots)
         else:  # every running request with a decode row takes one more decode step
             current = self._gather(table.decode_steps)
             steps = torch.where(rows.live_decode, current + 1, current)
             self._scatter(table.decode_steps, steps, None, rows)
             self.step_numbers = steps if rows.phase == "decode" else torch.where(rows.decode, steps, 0)
-            self.common_step = common_step
+        # what seeds each row's coins: its decode step, or -1 - p for the prompt row at position p
+        if rows.phase == "decode":
+            self.coin_steps = common_step if common_step is not None else self.step_numbers
+        else:
+            self.coin_steps = -1 - rows.positions if rows.phase == "prefill" else \
+                torch.where(rows.decode, self.step_numbers, -1 - rows.positions)
         self.observations: dict[tuple, torch.Tensor] = {}
         self.decisions: dict[int, torch.Tensor] = {}
-        self.fired: dict[int, torch.Tensor] = {}
         self.taus: torch.Tensor | None = None
         self.effects: dict[tuple[int, int], torch.Tensor] = {}
         self.extra_layer_passes = 0
@@ -104,15 +109,6 @@ class Executor:
 
     def _finish_decode_step(self, rows: StepRows) -> None:
         table, live = self.table, rows.live_decode
-        for rule_id, fired in self.fired.items():
-            rule = self.rules[rule_id]
-            fired = fired & live
-            if rule.cooldown:
-                until = self._gather(table.cooldown_until[rule.id])
-                self._scatter(table.cooldown_until[rule.id], self.step_numbers + rule.cooldown, fired, rows,
-                              current=until)
-            for slot in self.streaks_of[rule_id]:
-                self._scatter(table.streaks[slot], torch.zeros_like(self.step_numbers), fired, rows)
         for rule_id, i in self.latch_index.items():
             decision = self.decisions.get(rule_id)
             value = decision if decision is not None else torch.zeros_like(live)
@@ -192,9 +188,19 @@ class Executor:
             hidden, effect = self._apply(action, hidden, first_pass, mask, index)
             key = (rule_id, action_index)
             self.effects[key] = self.effects[key] | effect if key in self.effects else effect
-            if rule.phase != "prefill" and rows.phase != "prefill":
-                self.fired[rule_id] = self.fired[rule_id] | effect if rule_id in self.fired else effect
+            if rule.id in self.on_fire and rows.phase != "prefill":
+                self._fired(rule, action.delay, effect)
         return hidden
+
+    def _fired(self, rule: P.RulePlan, delay: int, effect: torch.Tensor) -> None:
+        """The rule fired where `effect` holds, on the decision of this step (minus `delay`): its cooldown
+        runs from that decision, and its streaks restart from 0 at once."""
+        table, rows = self.table, self.rows
+        if rule.cooldown:
+            until = self.step_numbers + (rule.cooldown - delay)
+            self._scatter(table.cooldown_until[rule.id], until, effect, rows)
+        for slot in self.streaks_of[rule.id]:
+            self._scatter(table.streaks[slot], torch.zeros_like(self.step_numbers), effect, rows)
 
     def _observe(self, index: int, before: torch.Tensor | None, after: torch.Tensor) -> None:
         kinds = self.needs.get(index)
@@ -291,15 +297,15 @@ class Executor:
                 new = torch.where(rows.live_decode, torch.where(holds, current + 1, 0), current)
                 self._scatter(table.streaks[slot], new, None, rows)
                 return new.float()
-            case P.RateOf(slot=slot, condition=condition):
+            case P.RateOf(slot=slot, condition=condition):  # over the earlier decode steps
                 holds = self._mask(condition, passes)
                 live = rows.live_decode
-                hits = self._gather(table.rate_hits[slot]) + (holds & live).to(torch.int64)
-                self._scatter(table.rate_hits[slot], hits, live, rows)
-                return (hits / self.step_numbers.clamp(min=1)).float()
+                earlier = self._gather(table.rate_hits[slot])  # (a view: read before writing)
+                rate = (earlier / (self.step_numbers - 1).clamp(min=1)).float()
+                self._scatter(table.rate_hits[slot], earlier + (holds & live).to(torch.int64), live, rows)
+                return rate
             case P.ChanceOf(slot=slot, probability=p):
-                steps = self.common_step if self.common_step is not None else self.step_numbers
-                draw = uniform(self.seed, self._gather(table.keys), steps, slot)
+                draw = uniform(self.seed, self._gather(table.keys), self.coin_steps, slot)
                 return draw < self._evaluate(p, passes)
         raise TypeError(f"cannot evaluate {node!r}")
 
@@ -314,6 +320,8 @@ class Executor:
     def _apply(self, action, hidden: torch.Tensor, first_pass: torch.Tensor, mask: torch.Tensor, layer: int):
         table, rows = self.table, self.rows
         m = mask[:, None]
+        if _is_noop(action):
+            return hidden, torch.zeros_like(mask)
         match action:
             case P.SteerPlan(vector=name, bank=None, coefficient=c, mode=mode):
                 vector = self.vectors[name].to(hidden.dtype)
@@ -334,11 +342,13 @@ class Executor:
                 scaled = hidden * (n / norm.clamp(min=1e-12)).to(hidden.dtype)
                 return torch.where(effect[:, None], scaled, hidden), effect
             case P.StorePlan(bank=bank):
-                effect = mask if rows.phase == "decode" else mask & rows.last
-                target = torch.arange(rows.size, device=hidden.device) if rows.phase == "decode" else \
-                    torch.where(effect, rows.slots, table.scratch)
-                table.banks[(bank, layer)].offer(target, first_pass, l2(first_pass), effect)
-                return hidden, effect
+                if rows.phase == "decode":
+                    slots = torch.arange(rows.size, device=hidden.device)
+                    table.banks[(bank, layer)].offer(slots, first_pass, l2(first_pass), mask)
+                else:  # several prompt rows of a request may offer their states in one step
+                    slots = torch.where(mask, rows.slots, table.scratch)
+                    table.banks[(bank, layer)].offer_many(slots, first_pass, l2(first_pass), mask)
+                return hidden, mask
             case P.MarkPlan():
                 return hidden, mask
             case P.RecursePlan():
@@ -382,6 +392,14 @@ class Executor:
             warnings.warn(f"l2lang: {count} hidden state(s) held NaN or inf; those rows were left unmodified",
                           RuntimeWarning, stacklevel=2)
         return count
+
+
+def _is_noop(action) -> bool:
+    """Actions that leave the state unchanged whatever it is (docs/semantics.md §4): never take effect."""
+    match action:
+        case P.SteerPlan(coefficient=0.0) | P.SuppressPlan(mode="scale", value=1.0) | P.RecursePlan(passes=0):
+            return True
+    return False
 
 
 def _phase_mask(phase: str, rows: StepRows) -> torch.Tensor | bool:

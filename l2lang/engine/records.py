@@ -76,11 +76,21 @@ class Report:
         return sum(self.interventions.values())
 
 
+def action_labels(plan: Plan) -> dict[tuple[int, int], str]:
+    """`kind@layer` for each (rule, action) of the plan; `kind@layer [rule R.A]` where two share it."""
+    plain = {(rule.id, i): f"{action.kind}@{action.layer}" for rule in plan.rules
+             for i, action in enumerate(rule.actions)}
+    shared = Counter(plain.values())
+    return {key: label if shared[label] == 1 else f"{label} [rule {key[0]}.{key[1]}]" for key, label in plain.items()}
+
+
 def build_report(plan: Plan, records: list[StepRecord], uids: list[int], nonfinite: int = 0) -> Report:
-    """Counts per `kind@layer` (every action of the plan listed, 0 when it never took effect) and, for
-    each request in `uids` (in that order), its interventions as {step, phase, rule, action, layer}."""
+    """Counts per rule action and layer (every action of the plan listed, 0 when it never took effect;
+    labels from `action_labels`) and, for each request in `uids` (in that order), its interventions
+    as {step, phase, rule, action, layer}."""
     actions = {(rule.id, i): action for rule in plan.rules for i, action in enumerate(rule.actions)}
-    counts: Counter[str] = Counter({f"{a.kind}@{a.layer}": 0 for a in actions.values()})
+    labels = action_labels(plan)
+    counts: Counter[str] = Counter({label: 0 for label in labels.values()})
     traces: dict[int, list[dict]] = {uid: [] for uid in uids}
     for record in records:
         if not record.effects:
@@ -93,7 +103,7 @@ def build_report(plan: Plan, records: list[StepRecord], uids: list[int], nonfini
                 uid = record.slot_uids[int(slots[row])]
                 if uid not in traces:
                     continue
-                counts[f"{action.kind}@{action.layer}"] += 1
+                counts[labels[(rule_id, index)]] += 1
                 entry = {"step": int(steps[row]), "phase": "decode" if decode[row] else "prefill", "rule": rule_id,
                          "action": action.kind, "layer": action.layer}
                 trace = traces[uid]

@@ -141,11 +141,14 @@ class Quartiles:
 
 
 class Bank:
-    """Top-K states by norm, per slot, for one (bank, layer)."""
+    """Top-K states by norm, per slot, for one (bank, layer). Among states of equal norm the earliest
+    offered stay: every entry keeps the order in which it was offered (`ages`)."""
 
     def __init__(self, slots: int, capacity: int, hidden: int, dtype: torch.dtype, device: torch.device):
         self.states = torch.zeros(slots, capacity, hidden, dtype=dtype, device=device)
         self.norms = torch.full((slots, capacity), float("-inf"), device=device)
+        self.ages = torch.zeros(slots, capacity, dtype=torch.int64, device=device)
+        self.clock = 0  # offers so far, counted on the host: no device read needed
 
     def reset(self, slots: torch.Tensor) -> None:
         self.states[slots] = 0
@@ -153,15 +156,44 @@ class Bank:
 
     def offer(self, slots: torch.Tensor, state: torch.Tensor, norm: torch.Tensor, mask: torch.Tensor) -> None:
         """Keep row i's `state` in bank slot `slots[i]` where `mask[i]` and its norm beats the slot's
-        smallest (ties keep the old). Masked rows must have distinct slots; rows outside `mask` must
-        point at the scratch slot. Writes one entry per row in place: the bank is never copied whole.
+        smallest (ties keep the old; of several smallest, the latest offered goes). Masked rows must
+        have distinct slots; rows outside `mask` must point at the scratch slot. Writes one entry per
+        row in place: the bank is never copied whole.
         """
-        weakest = self.norms[slots].argmin(dim=1)
-        old_norm = self.norms[slots, weakest]
+        rows = torch.arange(slots.shape[0], device=slots.device)
+        norms, ages = self.norms[slots], self.ages[slots]
+        smallest = norms.min(dim=1, keepdim=True).values
+        weakest = torch.where(norms == smallest, ages, -1).argmax(dim=1)
+        old_norm = norms[rows, weakest]
         take = mask & (norm > old_norm)
         self.norms[slots, weakest] = torch.where(take, norm, old_norm)
+        self.ages[slots, weakest] = torch.where(take, self.clock + rows, ages[rows, weakest])
         self.states[slots, weakest] = torch.where(take[:, None], state.to(self.states.dtype),
                                                   self.states[slots, weakest])
+        self.clock += slots.shape[0]
+
+    def offer_many(self, slots: torch.Tensor, state: torch.Tensor, norm: torch.Tensor, mask: torch.Tensor) -> None:
+        """Like `offer`, for steps where a request may offer several rows (its prompt positions): each
+        slot's banked states and its masked rows, offered in row order, are merged and the `capacity`
+        largest norms kept (ties: the earliest offered)."""
+        size, capacity = self.norms.shape
+        count = slots.shape[0]
+        rows = torch.arange(count, device=norm.device)
+        offered = torch.full((size, count), float("-inf"), device=norm.device)
+        offered[slots, rows] = torch.where(mask, norm, float("-inf"))
+        candidates = torch.cat([self.norms, offered], dim=1)                   # [slots, capacity + rows]
+        ages = torch.cat([self.ages, (self.clock + rows).expand(size, -1)], dim=1)
+        by_age = ages.argsort(dim=1, stable=True)                              # earliest first, then
+        by_norm = candidates.gather(1, by_age).argsort(dim=1, descending=True, stable=True)  # largest first
+        order = by_age.gather(1, by_norm)[:, :capacity]
+        banked = order < capacity
+        hidden = self.states.shape[-1]
+        from_bank = self.states.gather(1, order.clamp(max=capacity - 1)[..., None].expand(-1, -1, hidden))
+        from_rows = state.to(self.states.dtype)[(order - capacity).clamp(min=0)]
+        self.states = torch.where(banked[..., None], from_bank, from_rows)
+        self.norms = candidates.gather(1, order)
+        self.ages = ages.gather(1, order)
+        self.clock += count
 
     def nearest(self, slots: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per row: the banked state of its slot with the highest cosine to `state`, and that cosine
@@ -172,7 +204,6 @@ class Bank:
         best = cos.argmax(dim=1)
         chosen = states.gather(1, best[:, None, None].expand(-1, 1, states.shape[-1])).squeeze(1)
         return chosen, cos.gather(1, best[:, None]).squeeze(1)
-
 
 class RequestTable:
     """The state of every running request, one slot each (plus one scratch slot at index `capacity`).
@@ -217,7 +248,9 @@ class RequestTable:
                 for name in ("count", "heights", "positions", "desired"):
                     getattr(quartiles, name)[new] = getattr(self.quartiles, name)[was]
             for key, bank in banks.items():
-                bank.states[:old], bank.norms[:old] = self.banks[key].states[:old], self.banks[key].norms[:old]
+                for name in ("states", "norms", "ages"):
+                    getattr(bank, name)[:old] = getattr(self.banks[key], name)[:old]
+                bank.clock = self.banks[key].clock
         self.__dict__.update(fields)
         self.quartiles, self.banks, self.capacity = quartiles, banks, capacity
         specs = [plan.thresholds[e.threshold] for e in self.local]

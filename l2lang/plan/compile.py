@@ -176,7 +176,7 @@ class Compiler:
             for layer in range(start, end + 1):
                 if layer not in out:
                     out.append(layer)
-        return out
+        return sorted(out)  # `for` rules expand, and actions list their layers, in ascending order
 
     # -- declarations ----------------------------------------------------------------------------
     def vector(self, unit: Unit, stmt: ir.Vector) -> VectorPlan:

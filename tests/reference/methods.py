@@ -233,7 +233,7 @@ class ERSS(Method):
 @dataclass
 class Suppress(Method):
     """Scale the state by `factor` where norm > τ (`high`), or on a seeded coin with probability
-    equal to the fraction of this request's steps so far whose norm exceeded τ (`random`)."""
+    equal to the fraction of this request's earlier steps whose norm exceeded τ (`random`)."""
 
     factor: float = 0.1
     random: bool = False
@@ -244,8 +244,8 @@ class Suppress(Method):
     def act(self, layer, module, args, kwargs, h, norm, tau):
         high = tau is not None and norm > tau
         if self.random:
+            rate = self.hits[layer] / max(self.step - 1, 1)  # earlier steps only: independent of this one
             self.hits[layer] += high
-            rate = self.hits[layer] / self.step
             if not coin(self.seed, self.key, self.step, self.layers.index(layer)) < rate:
                 return None
         elif not high:

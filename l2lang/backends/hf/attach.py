@@ -60,9 +60,7 @@ class Run:
         parameter = next(self.model.parameters())
         vectors = {name: vector_for(v, self.strategy, self.model, self.adapter, self.tokenizer)
                    for name, v in self.plan.vectors.items()}
-        eos = self.model.generation_config.eos_token_id if getattr(self.model, "generation_config", None) else None
-        eos_ids = eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else []
-        self.eos = torch.tensor(sorted(set(eos_ids)) or [-1], device=parameter.device)
+        self._set_eos(getattr(self.model, "generation_config", None), {})
         self.executor = Executor(self.plan, self, vectors, seed=self.seed, hidden_size=self.adapter.hidden_size,
                                  dtype=parameter.dtype, device=parameter.device)
         self.handles.append(self.model.register_forward_pre_hook(self._begin_step, with_kwargs=True))
@@ -70,12 +68,32 @@ class Run:
         for index in self.executor.hooked:
             self.handles.append(self.adapter.layers[index].register_forward_hook(self._layer_hook(index),
                                                                                  with_kwargs=True))
+        self.model.generate = self._generate(self.model.generate)  # an instance attribute, deleted on exit
         return self
 
     def __exit__(self, *exc) -> None:
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
+        self.model.__dict__.pop("generate", None)
+
+    def _generate(self, generate):
+        """`model.generate`, first reading the call's end-of-sequence ids and refusing beam search."""
+        def wrapper(*args, **kwargs):
+            config = kwargs.get("generation_config") or getattr(self.model, "generation_config", None)
+            if kwargs.get("num_beams", getattr(config, "num_beams", 1) or 1) > 1:
+                raise GenerationError.one("beam search is not supported: per-request state does not follow beam "
+                                          "reordering", path="<generate>", hint="use greedy decoding or sampling")
+            self._set_eos(config, kwargs)
+            return generate(*args, **kwargs)
+        return wrapper
+
+    def _set_eos(self, config, kwargs: dict) -> None:
+        """A request finishes when it emits one of these: generate's `eos_token_id`, else the config's."""
+        eos = kwargs["eos_token_id"] if kwargs.get("eos_token_id") is not None else \
+            getattr(config, "eos_token_id", None)
+        ids = eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else []
+        self.eos = torch.tensor(sorted(set(ids)) or [-1], device=next(self.model.parameters()).device)
 
     # -- step boundaries -----------------------------------------------------------------------
     def _begin_step(self, module, args, kwargs):
@@ -102,11 +120,10 @@ class Run:
             self.calls.append((len(executor.records), uids))
             self.finished = torch.zeros(batch, dtype=torch.bool, device=device)
             self.decode_step = 0
-            last = torch.zeros(batch, width, dtype=torch.bool, device=device)
-            last[:, -1] = True
             rows = StepRows(slots=torch.arange(batch, device=device).repeat_interleave(width),
                             decode=torch.zeros(batch * width, dtype=torch.bool, device=device),
-                            valid=valid.reshape(-1), last=last.reshape(-1), phase="prefill")
+                            valid=valid.reshape(-1), phase="prefill",
+                            positions=(valid.cumsum(dim=1) - 1).reshape(-1))
             executor.begin_step(rows)
         else:
             if width != 1:
@@ -115,9 +132,9 @@ class Run:
             if input_ids is not None:
                 self.finished |= (input_ids[:, -1:] == self.eos).any(dim=-1)  # cheaper than isin for a few ids
             self.decode_step += 1
-            every = torch.ones(batch, dtype=torch.bool, device=device)
-            rows = StepRows(slots=torch.arange(batch, device=device), decode=every, valid=~self.finished,
-                            last=every, phase="decode")
+            rows = StepRows(slots=torch.arange(batch, device=device),
+                            decode=torch.ones(batch, dtype=torch.bool, device=device), valid=~self.finished,
+                            phase="decode")
             executor.begin_step(rows, common_step=self.decode_step)
         return None
 

@@ -51,9 +51,6 @@ def generate(model, tokenizer, strategy: Strategy, prompts: list[str], *, seed: 
     run = Run(strategy, model, tokenizer, seed, observe_all=observe_all, caller_selects=True)
     plan = run.plan
     kwargs = {"do_sample": False, **generation_kwargs}
-    if kwargs.get("num_beams", 1) != 1:
-        raise GenerationError.one("beam search is not supported: per-request state does not follow beam "
-                                  "reordering", path="<generate>", hint="use greedy decoding or sampling")
     if plan.sample is not None:
         kwargs.update(do_sample=True, num_return_sequences=plan.sample.count, temperature=plan.sample.temperature,
                       top_p=plan.sample.top_p, top_k=plan.sample.top_k or None)
