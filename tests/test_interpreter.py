@@ -6,8 +6,7 @@ interpreter generate greedily and must agree at every step: the chosen token, th
 of every layer at every position processed (within 1e-4 relative), and which actions took effect
 where; and at the end on the counts per label. Thresholds sit between observed values, and every
 comparison of an observable must clear its threshold by a relative margin (`MARGIN`), so no decision
-rests on rounding. The interpreter follows the docs; where the executor does not yet (issue 13), the
-test is a strict xfail naming the sentence it checks.
+rests on rounding. The interpreter follows the docs, not the executor.
 """
 
 from __future__ import annotations
@@ -33,11 +32,6 @@ PROMPT = (5, 17, 99, 42, 7, 61, 33)
 NEW_TOKENS = 12
 MARGIN = 1e-6   # smallest relative gap allowed between a compared observable and what it is compared with
 EOS = (1,)
-
-
-def pending(what: str):
-    """A strict xfail: the executor does not follow this sentence of the docs yet (issue 13)."""
-    return pytest.mark.xfail(strict=True, reason=f"executor fix pending: {what}")
 
 
 @functools.cache
@@ -228,7 +222,6 @@ def test_streaks_count_and_reset_when_the_rule_fires(tmp_path: Path) -> None:
     assert trace.events["streak reset"] > 0 and trace.counts["suppress@3"] > 0
 
 
-@pending("rate is (earlier decode steps where C held) / (earlier decode steps): the current step is left out")
 def test_rate_leaves_out_the_current_step(tmp_path: Path) -> None:
     tau = between(norms(3))
     trace = compare(f"if chance(rate(norm[3] > {tau})) suppress scale 0.8 at 3\n", tmp_path, seed=3)
@@ -241,7 +234,6 @@ def test_chance_draws_per_decode_step(tmp_path: Path) -> None:
     assert first and second and first != second  # two slots, two independent coins
 
 
-@pending("every prompt position draws its own coin (step -1 - p)")
 def test_chance_draws_per_prompt_position(tmp_path: Path) -> None:
     trace = compare('if chance(0.5) during prefill mark "coin" at 3\n', tmp_path, seed=7)
     (prefill,) = [s for s in trace.steps if s.phase == "prefill"]
@@ -256,14 +248,12 @@ def test_cooldown_blocks_the_next_steps(tmp_path: Path) -> None:
     assert all(later - earlier > 2 for earlier, later in zip(fired, fired[1:]))
 
 
-@pending("a deferred rule with cooldown 2 fires (acts) on steps 2, 5, 8, ...: cooldown counts from the decision")
 def test_cooldown_of_a_deferred_rule_counts_from_its_decision(tmp_path: Path) -> None:
     tau = between(norms(5), 0.05)
     trace = compare(f"if norm[5] > {tau} cooldown 2 suppress scale 0.9 at 2\n", tmp_path)
     assert steps_with(trace, (0, 0, 2))[:3] == [2, 5, 8]
 
 
-@pending("firing resets every streak of the rule at once: a deferred rule's next decision counts from 0")
 def test_a_deferred_firing_resets_streaks_at_once(tmp_path: Path) -> None:
     tau = between(norms(5), 0.05)
     trace = compare(f"if streak(norm[5] > {tau}) >= 2 suppress scale 0.9 at 2\n", tmp_path)
@@ -289,7 +279,7 @@ def test_steer_add_and_mix_at_several_layers(tmp_path: Path) -> None:
             f'if norm[3] > {tau} steer 0.5*v at [6, 4]; steer mix 0.2*v\n'
             f'if norm[3] <= {tau} steer -0.5*v at 5; steer v/4 at 7\n')
     trace = compare(text, tmp_path)
-    assert acted(trace) == {(0, 0, 6), (0, 1, 4), (0, 2, 3), (1, 0, 5), (1, 1, 7)}
+    assert acted(trace) == {(0, 0, 4), (0, 1, 6), (0, 2, 3), (1, 0, 5), (1, 1, 7)}
 
 
 def test_suppress_scale_and_clamp(tmp_path: Path) -> None:
@@ -333,7 +323,6 @@ def test_no_op_actions_that_the_executor_already_skips(tmp_path: Path) -> None:
     assert trace.events["no-op"] > 0 and not acted(trace) and not trace.events["cooldown blocked"]
 
 
-@pending("no-op actions (steer 0*v, suppress scale 1) are not counted, start no cooldown and reset no streak")
 def test_no_op_steer_and_scale_take_no_effect(tmp_path: Path) -> None:
     tau = between(norms(3), 0.1)
     text = (f'vector v = load("v.safetensors")\nif norm[3] > {tau} cooldown 2 steer 0*v; suppress scale 1\n'
@@ -353,8 +342,6 @@ def test_banks_store_and_retrieve_in_decode(tmp_path: Path) -> None:
     assert trace.events["retrieve below min_cos"] + trace.events["retrieve found an empty bank"] > 0
 
 
-@pending("in prefill every prompt position where the rule holds offers its own state, in position order, "
-         "and counts once")
 def test_prefill_stores_every_prompt_position(tmp_path: Path) -> None:
     text = ("bank b keep 4\nif norm[3] > 0 during prefill store in b\n"
             "if norm[3] > 0 steer add 0.5*retrieve(b, min_cos=-1)\n")
@@ -390,14 +377,12 @@ def test_for_rules_expand_in_ascending_order(tmp_path: Path) -> None:
     assert {(rule, layer) for rule, _, layer in acted(trace)} <= {(0, 3), (1, 4), (2, 5)} and len(acted(trace)) > 1
 
 
-@pending("`for` rules expand in ascending layer order, whatever order the list is written in")
 def test_for_rules_written_descending_still_expand_ascending(tmp_path: Path) -> None:
     tau = between(norms(3))
     trace = compare(f'for l in [5, 3, 5]: if norm[l] > {tau} mark "high"\n', tmp_path)
     assert {(rule, layer) for rule, _, layer in acted(trace)} == {(0, 3), (1, 5)}
 
 
-@pending("when two actions share a label, each gets its rule id and action index appended")
 def test_counts_are_per_rule_when_labels_collide(tmp_path: Path) -> None:
     tau = between(norms(3))
     trace = compare(f"if norm[3] > {tau} suppress scale 0.9\nif norm[3] <= {tau} suppress scale 0.8\n", tmp_path)
@@ -463,7 +448,7 @@ ACTS = {"alrr": ("recurse took effect", "while rejected"), "alrr-demo": ("recurs
         "suppress-random": ("suppress took effect", "chance False"), "baseline": ()}
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pending("rate leaves out the current step"))
+@pytest.mark.parametrize("name", [n
                                   if n == "suppress-random" else n for n in SHIPPED])
 def test_shipped_strategies(name: str, tmp_path: Path) -> None:
     text = shipped_strategies()[name].read_text(encoding="utf-8")

@@ -298,8 +298,8 @@ class _Resolver:
             return [Action(rule, start, block[-1], "recurse", False, first=block[0],
                            passes=int(self.constant(action.count)), stops=action.stops, kv=action.kv,
                            damping=damping)]
-        if action.layers is not None:
-            layers = self.layer_list(action.layers, bindings)
+        if action.layers is not None:  # an action `at` several layers acts at each, in ascending order
+            layers = sorted(self.layer_list(action.layers, bindings))
         elif anchor is not None:
             layers = [anchor]
         else:
