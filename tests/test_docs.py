@@ -46,3 +46,22 @@ def test_only_backends_and_integrations_import_inference_engines() -> None:
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not any(n.split(".")[0] in engines for n in names), f"{path} imports {names}"
+
+
+def test_committed_results_are_scored_under_the_current_answer_convention() -> None:
+    """docs/results.md is made from these records: re-score them (`l2lang eval ... --rescore`) when the
+    answer convention changes."""
+    import json
+
+    from l2lang.apps.tasks import load_task
+    from l2lang.engine.answers import ANSWER_CONVENTION, extract_answer
+
+    folders = sorted(p.parent for p in (DOCS / "results").rglob("settings.json"))
+    assert len(folders) == 5
+    for folder in folders:
+        settings = json.loads((folder / "settings.json").read_text())
+        records = [json.loads(line) for line in (folder / "results.jsonl").read_text(encoding="utf-8").splitlines()]
+        task = load_task(settings["task"], 1 + max(int(r["item"]) for r in records), settings["seed"])
+        for r in records:
+            assert r["convention"] == ANSWER_CONVENTION and r["extracted"] == extract_answer(r["text"]), folder
+            assert r["score"] == task.score(int(r["item"]), r["extracted"]) and r["correct"] == (r["score"] >= 1.0)

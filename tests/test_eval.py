@@ -11,11 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from l2lang import L2Error
-from l2lang.apps.evaluate import parse_arms, read_records
+from l2lang.apps.evaluate import parse_arms, read_records, rescore_results
 from l2lang.apps.stats import mcnemar_exact, paired_delta, wilson
 from l2lang.apps.tasks import _choose, load_task, matches
 from l2lang.cli.main import main
-from l2lang.engine.answers import extract_answer
+from l2lang.engine.answers import ANSWER_CONVENTION, extract_answer
 
 DATA = Path(__file__).parent / "data"
 
@@ -126,6 +126,7 @@ def test_smoke_eval_on_smollm2_resumes_and_batches_like_one_at_a_time(tmp_path: 
     assert table.startswith("| strategy | n | accuracy") and "| alrr:warmup=5 | 5 |" in table
     records = read_records(tmp_path / "a" / "results.jsonl")
     assert len(records) == 15 and {r["strategy"] for r in records} == {"baseline", "alrr:warmup=5", "vote:n=2"}
+    assert all(r["convention"] == ANSWER_CONVENTION and r["extracted"] == extract_answer(r["text"]) for r in records)
     assert sum(r["interventions"] for r in records if r["strategy"] == "alrr:warmup=5") > 0
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert [r["n"] for r in summary["rows"]] == [5, 5, 5] and "mcnemar_p" in summary["rows"][1]
@@ -175,3 +176,81 @@ def test_unknown_reference_arm_is_refused_before_any_work(tmp_path: Path, capsys
     assert _eval(tmp_path, "--strategies", "baseline,alrr", "--baseline", "erss") == 1
     assert "--baseline erss: not one of the strategies listed" in capsys.readouterr().err
     assert not (tmp_path / "results.jsonl").exists()
+
+
+# -- re-scoring recorded answers under the current answer convention --------------------------------
+OLD_RECORDS = [  # item, text, what answer convention 1 read, its score
+    ("0", "2 + 3 = 5\nTherefore, the final answer is:\n\nAnswer: 5", "Answer: 5", 0.0),
+    ("1", "10 - 4 = 6\n\nAnswer: \\(6\\)", "\\(6\\)", 0.0),
+    ("2", "3 + 5 = 8\nTherefore, the final answer is:\n\\[\n\\boxed{8}\n\\]", "\\[", 0.0),
+    ("4", "Half of 18 is 9.\nAnswer: nine.", "nine", 1.0),
+    ("5", "100 / 4 = 20\nAnswer: 20", "20", 0.0),
+]
+
+
+def _old_run(folder: Path, model: str = "no-such-model") -> Path:
+    """A run folder as `l2lang eval` wrote it under answer convention 1 (its records name no convention)."""
+    folder.mkdir()
+    settings = {"model": model, "weights_sha256": "x", "task": str(DATA / "arithmetic.jsonl"), "seed": 0,
+                "max_new_tokens": 24, "chat": None, "batch_size": 8, "dtype": "float32", "run": "r1"}
+    (folder / "settings.json").write_text(json.dumps(settings))
+    fingerprint = parse_arms(["baseline"])[0].strategy.fingerprint
+    lines = [{"run": "r1", "strategy": "baseline", "fingerprint": fingerprint, "item": item,
+              "expected": {"0": "5", "1": "6", "2": "8", "4": "9", "5": "25"}[item], "extracted": extracted,
+              "score": score, "correct": score >= 1.0, "tokens": 9, "generated": 9, "seconds": 0.1,
+              "interventions": 0, "extra_layer_passes": 0.0, "text": text} for item, text, extracted, score in OLD_RECORDS]
+    lines.append({**lines[0], "run": "r0"})  # another run's line: kept as it is
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return folder
+
+
+def _rescore(folder: Path, *extra: str) -> int:
+    return main(["eval", "--model", "no-such-model", "--strategies", "baseline", "--task", str(DATA / "arithmetic.jsonl"),
+                 "--n", "5", "--max-new-tokens", "24", "--out", str(folder), "--rescore", *extra])
+
+
+def test_rescore_rereads_recorded_texts_without_loading_the_model(tmp_path: Path, capsys) -> None:
+    folder = _old_run(tmp_path / "run")
+    assert _rescore(folder) == 0  # the model named does not exist: nothing is loaded
+    out, err = capsys.readouterr()
+    assert "| baseline | 5 | 80.0 % |" in out
+    assert "baseline: 1 of 5 right under answer convention 1, 4 under 2 (+3 −0; 3 answers read differently)" in err
+    records = read_records(folder / "results.jsonl")
+    mine = {r["item"]: r for r in records if r["run"] == "r1"}
+    assert {i: r["extracted"] for i, r in mine.items()} == {"0": "5", "1": "6", "2": "8", "4": "nine", "5": "20"}
+    assert all(r["convention"] == ANSWER_CONVENTION and r["score"] == r["task_score"] for r in mine.values())
+    assert mine["0"]["previous"] == {"convention": 1, "extracted": "Answer: 5", "score": 0.0, "correct": False}
+    assert mine["0"]["correct"] and not mine["5"]["correct"] and list(mine["0"])[-1] == "text"
+    assert records[-1]["run"] == "r0" and "convention" not in records[-1] and records[-1]["extracted"] == "Answer: 5"
+    assert json.loads((folder / "summary.json").read_text())["rows"][0]["correct"] == 4
+    assert sorted(p.name for p in folder.iterdir()) == ["report.html", "results.jsonl", "results.md", "settings.json",
+                                                          "summary.json"]
+    before = (folder / "results.jsonl").read_bytes()
+    assert _rescore(folder) == 0 and (folder / "results.jsonl").read_bytes() == before  # the old reading is kept
+
+
+def test_only_records_of_an_older_convention_are_rescored_unless_asked(tmp_path: Path) -> None:
+    folder = _old_run(tmp_path / "run")
+    path = folder / "results.jsonl"
+    records = read_records(path)
+    records[1].update(convention=ANSWER_CONVENTION, extracted="kept")  # current convention: left alone
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    task = load_task(str(DATA / "arithmetic.jsonl"), 5)
+    assert rescore_results(folder, "r1", task) == 4
+    assert read_records(path)[1]["extracted"] == "kept"
+    assert rescore_results(folder, "r1", task) == 0
+    assert rescore_results(folder, "r1", task, every=True) == 1 and read_records(path)[1]["extracted"] == "6"
+
+
+def test_rescore_refuses_a_run_made_otherwise(tmp_path: Path, capsys) -> None:
+    folder = _old_run(tmp_path / "run")
+    assert _rescore(folder, "--seed", "1") == 1
+    assert "seed 1 (the run's: 0)" in capsys.readouterr().err
+    assert _rescore(tmp_path / "nothing") == 1
+    assert "settings.json" in capsys.readouterr().err
+    records = read_records(folder / "results.jsonl")
+    records[0]["expected"] = "6"
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert _rescore(folder) == 1
+    assert "its items changed since the run" in capsys.readouterr().err
+    assert all("convention" not in r for r in read_records(folder / "results.jsonl"))  # nothing half-done

@@ -234,7 +234,7 @@ def test_select_scores_candidates_by_their_decode_step_norms(tmp_path: Path) -> 
 
 def test_vote_returns_the_answer_with_the_highest_summed_score(tmp_path: Path) -> None:
     import l2lang
-    from l2lang.engine.answers import extract_answer
+    from l2lang.engine.answers import extract_answer, normalise
 
     assert extract_answer("so 3 + 4\nAnswer: 7.") == "7" and extract_answer("it is 12, or 15") == "15"
     m = model("llama", 8)
@@ -243,14 +243,14 @@ def test_vote_returns_the_answer_with_the_highest_summed_score(tmp_path: Path) -
     for output in result.outputs:
         totals: dict[str, float] = {}
         for candidate in output["candidates"]:
-            answer = extract_answer(candidate["text"])
+            answer = normalise(extract_answer(candidate["text"]))
             totals[answer] = totals.get(answer, 0.0) + candidate["score"]
-        assert extract_answer(output["text"]) == max(totals, key=totals.__getitem__)
+        assert normalise(extract_answer(output["text"])) == max(totals, key=totals.__getitem__)
 
 
 def test_vote_count_is_a_plain_majority_vote_over_the_same_samples(tmp_path: Path) -> None:
     import l2lang
-    from l2lang.engine.answers import extract_answer
+    from l2lang.engine.answers import extract_answer, normalise
 
     m = model("llama", 8)
     weighted = l2lang.generate(m, TOKENIZER, strategy("sample 6 with temperature=1.5\nselect vote total over 2..5\n",
@@ -258,11 +258,11 @@ def test_vote_count_is_a_plain_majority_vote_over_the_same_samples(tmp_path: Pat
     s = strategy("sample 6 with temperature=1.5\nselect vote count over L-1\n", tmp_path)
     result = l2lang.generate(m, TOKENIZER, s, ["hello", "abc"], max_new_tokens=6, seed=2)
     for output, other in zip(result.outputs, weighted.outputs):
-        answers = [extract_answer(c["text"]) for c in output["candidates"]]
+        answers = [normalise(extract_answer(c["text"])) for c in output["candidates"]]
         assert [c["text"] for c in output["candidates"]] == [c["text"] for c in other["candidates"]]
         assert all(c["score"] == 1.0 for c in output["candidates"])
         counts = {a: answers.count(a) for a in answers}  # insertion order: ties go to the first sampled
-        assert extract_answer(output["text"]) == max(counts, key=counts.__getitem__)
+        assert normalise(extract_answer(output["text"])) == max(counts, key=counts.__getitem__)
 
 
 def test_the_terminal_progress_bar_leaves_generation_unchanged(monkeypatch) -> None:

@@ -3,7 +3,9 @@
 The results file `DIR/results.jsonl` is appended to one chunk of `batch_size` items at a time. A run
 is identified by its settings (model weights, task, seed, token budget, chat, batch size, dtype) and
 each strategy by its fingerprint, so re-running the same command skips what is already recorded and
-finishes the rest (docs/evaluation.md).
+finishes the rest (docs/evaluation.md). Every record names the answer convention it was scored under;
+records of an older one are re-scored from their stored text (`rescore_results`), as `--rescore` does
+for every record without loading the model.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from l2lang.apps.progress import item_progress
 from l2lang.apps.stats import mcnemar_exact, paired_delta, wilson
 from l2lang.apps.tasks import Task
 from l2lang.backends.base import Backend
-from l2lang.engine.answers import extract_answer
+from l2lang.engine.answers import ANSWER_CONVENTION, extract_answer
 from l2lang.engine.strategy import Strategy
 from l2lang.errors import L2Error
 from l2lang.lang.compose import load_program
@@ -123,8 +125,96 @@ def evaluate(backend: Backend, arms: list[Arm], task: Task, out: str | Path, *, 
             advance(len(wanted))
     settings["run"] = key
     (folder / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+    rescore_results(folder, key, task)
+    return run_records(folder, key, arms, task), settings
+
+
+def run_records(folder: str | Path, run: str, arms: list[Arm], task: Task) -> list[dict]:
+    """The records of `run` that answer one of `task`'s items with one of `arms`."""
     asked = {(arm.strategy.fingerprint, item.id) for arm in arms for item in task.items}
-    return [r for r in read_records(path) if r["run"] == key and (r["fingerprint"], r["item"]) in asked], settings
+    return [r for r in read_records(Path(folder) / "results.jsonl")
+            if r["run"] == run and (r["fingerprint"], r["item"]) in asked]
+
+
+def rescore(arms: list[Arm], task: Task, out: str | Path, command: dict) -> tuple[list[dict], dict]:
+    """`l2lang eval --rescore`: every record of the run in `out` on `task`'s items re-scored from its text
+    (nothing is generated). `command` holds the settings the command line gives (all of `settings.json`
+    but the weights' hash); a run made with other settings is refused. Returns the arms' records and the
+    run's settings, like `evaluate`."""
+    folder = Path(out)
+    try:
+        settings = json.loads((folder / "settings.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise L2Error.one("no readable settings.json here: --rescore re-scores a finished run",
+                          path=str(folder / "settings.json")) from None
+    differ = [f"{name} {value!r} (the run's: {settings.get(name)!r})" for name, value in command.items()
+              if settings.get(name) != value]
+    if differ:
+        raise L2Error.one(f"--rescore: the run in {folder} was made with other settings: {'; '.join(differ)}",
+                          path="<command line>", hint="give the command that made the run, with --rescore")
+    rescore_results(folder, settings["run"], task, every=True)
+    return run_records(folder, settings["run"], arms, task), settings
+
+
+def rescore_results(folder: str | Path, run: str, task: Task, *, every: bool = False) -> int:
+    """Re-score, from their stored texts, the records of `run` on `task`'s items in `folder/results.jsonl`
+    that were scored under an older answer convention (or `every` one). The file is replaced atomically.
+    Returns how many records changed."""
+    path = Path(folder) / "results.jsonl"
+    position = {item.id: n for n, item in enumerate(task.items)}
+    records, changed = read_records(path), 0
+    for n, record in enumerate(records):
+        if record["run"] == run and record["item"] in position and (
+                every or record.get("convention", 1) < ANSWER_CONVENTION):
+            records[n] = rescored(record, task, position[record["item"]])
+            changed += records[n] != record
+    if changed:
+        draft = path.with_name(path.name + ".rescoring")
+        with draft.open("w", encoding="utf-8") as sink:
+            sink.write("".join(json.dumps(r) + "\n" for r in records))
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.replace(draft, path)
+    return changed
+
+
+def convention_changes(records: list[dict], arms: list[Arm]) -> list[str]:
+    """One line per arm with records re-scored from an older convention (`previous`): how many were right
+    before and now, how many items were gained and lost, and how many answers read differently."""
+    lines = []
+    for arm in arms:
+        mine = [r for r in records if r["fingerprint"] == arm.strategy.fingerprint]
+        older = [r["previous"] for r in mine if "previous" in r]
+        if not older:
+            continue
+        before = sum(r.get("previous", r)["correct"] for r in mine)
+        gained = sum(r["correct"] and not r["previous"]["correct"] for r in mine if "previous" in r)
+        lost = sum(r["previous"]["correct"] and not r["correct"] for r in mine if "previous" in r)
+        read = sum(r["previous"]["extracted"] != r["extracted"] for r in mine if "previous" in r)
+        lines.append(f"{arm.label}: {before} of {len(mine)} right under answer convention "
+                     f"{min(p['convention'] for p in older)}, {sum(r['correct'] for r in mine)} under "
+                     f"{ANSWER_CONVENTION} (+{gained} −{lost}; {read} answers read differently)")
+    return lines
+
+
+def rescored(record: dict, task: Task, index: int) -> dict:
+    """`record` re-read from its text under the current answer convention; what a record scored under an
+    older convention said is kept under `previous` (convention, extracted, score, correct)."""
+    expected = task.items[index].answers[0]
+    if record["expected"] != expected:
+        raise L2Error.one(f"item {record['item']} was recorded expecting {record['expected']!r}, but the task "
+                          f"now expects {expected!r}: its items changed since the run, so it cannot be re-scored",
+                          path=task.spec)
+    extracted = extract_answer(record["text"])
+    score = task.score(index, extracted)
+    fresh = {key: value for key, value in record.items() if key != "text"}
+    version = record.get("convention", 1)
+    if version < ANSWER_CONVENTION:
+        fresh["previous"] = {"convention": version, "extracted": record["extracted"], "score": record["score"],
+                             "correct": record["correct"]}
+    fresh.update(extracted=extracted, score=score, correct=score >= 1.0,
+                 task_score=task.own_score(index, extracted), convention=ANSWER_CONVENTION, text=record["text"])
+    return fresh
 
 
 def _answer(backend: Backend, arm: Arm, task: Task, items, position: dict[str, int], *, seed: int, run: str, chat,
@@ -142,6 +232,7 @@ def _answer(backend: Backend, arm: Arm, task: Task, items, position: dict[str, i
         records.append({
             "run": run, "strategy": arm.label, "fingerprint": arm.strategy.fingerprint, "item": item.id,
             "expected": item.answers[0], "extracted": extracted, "score": score, "correct": score >= 1.0,
+            "task_score": task.own_score(position[item.id], extracted), "convention": ANSWER_CONVENTION,
             "tokens": len(output["token_ids"]), "generated": sum(result.lengths[n * per:(n + 1) * per]),
             "seconds": seconds / len(items),
             "interventions": sum(len(r["interventions"]) for r in requests[n * per:(n + 1) * per]),

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from l2lang.engine.answers import normalise
+from l2lang.engine.answers import normalise, same_number
 from l2lang.errors import L2Error
 
 INSTRUCTION = "Think step by step, then end with a final line 'Answer: <answer>'."
@@ -35,9 +35,19 @@ class Item:
 class Task:
     spec: str
     items: list[Item]
-    scorer: Callable[[int, str], float] = field(repr=False)  # (item index, extracted answer) → score in [0, 1]
+    scorer: Callable[[int, str], float] = field(repr=False)  # the task's own: (item index, extracted answer) → [0, 1]
 
     def score(self, index: int, extracted: str) -> float:
+        """The score l2lang reports: the task's own, or full credit where the answer is the expected number
+        written in another form ("-4.0" for "-4"), which a task's scorer may give partial credit
+        (docs/evaluation.md, "Scores")."""
+        own = self.own_score(index, extracted)
+        if own < 1.0 and any(same_number(extracted, answer) for answer in self.items[index].answers):
+            return 1.0
+        return own
+
+    def own_score(self, index: int, extracted: str) -> float:
+        """The task's own score of the extracted answer (reasoning-gym's `score_answer`, or normalised match)."""
         return float(self.scorer(index, extracted))
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from l2lang.cli.options import chat_option, model_option, open_model, seed_option
+from l2lang.cli.options import (
+    DEFAULT_MODEL,
+    chat_option,
+    model_option,
+    open_model,
+    seed_option,
+)
 from l2lang.errors import L2Error
 
 
@@ -27,12 +33,21 @@ def add_parser(commands) -> None:
     parser.add_argument("--out", default="eval", metavar="DIR", help="results.jsonl, results.md, report.html "
                         "(default ./eval; re-running resumes)")
     chat_option(parser)
+    parser.add_argument("--rescore", action="store_true", help="re-score the recorded answers of the run in "
+                        "--out from their texts under the current answer convention (no model is loaded)")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from l2lang.apps.eval_report import write_report  # torch loads only here
-    from l2lang.apps.evaluate import evaluate, markdown_table, parse_arms, summarise
+    from l2lang.apps.evaluate import (
+        convention_changes,
+        evaluate,
+        markdown_table,
+        parse_arms,
+        rescore,
+        summarise,
+    )
     from l2lang.apps.tasks import load_task
 
     if args.batch_size < 1 or args.max_new_tokens < 1:
@@ -41,11 +56,20 @@ def run(args: argparse.Namespace) -> int:
     if args.baseline is not None and args.baseline not in {a.label for a in arms}:
         raise L2Error.one(f"--baseline {args.baseline}: not one of the strategies listed", path="<command line>")
     task = load_task(args.task, args.n, args.seed)
-    backend = open_model(args, dtype=args.dtype)
-    print(f"l2lang: {len(arms)} strategies × {len(task.items)} items of {args.task} on {backend.model_id}",
-          file=sys.stderr)
-    records, settings = evaluate(backend, arms, task, args.out, seed=args.seed, max_new_tokens=args.max_new_tokens,
-                                 batch_size=args.batch_size, chat=args.chat, dtype=args.dtype)
+    if args.rescore:
+        command = {"model": args.model or DEFAULT_MODEL, "task": task.spec, "seed": args.seed,
+                   "max_new_tokens": args.max_new_tokens, "chat": args.chat, "batch_size": args.batch_size,
+                   "dtype": args.dtype}
+        records, settings = rescore(arms, task, args.out, command)
+        for line in convention_changes(records, arms):
+            print(f"l2lang: {line}", file=sys.stderr)
+    else:
+        backend = open_model(args, dtype=args.dtype)
+        print(f"l2lang: {len(arms)} strategies × {len(task.items)} items of {args.task} on {backend.model_id}",
+              file=sys.stderr)
+        records, settings = evaluate(backend, arms, task, args.out, seed=args.seed,
+                                     max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                                     chat=args.chat, dtype=args.dtype)
     rows = summarise(records, arms, args.baseline)
     write_report(rows, settings, args.out)
     print(markdown_table(rows))

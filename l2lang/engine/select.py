@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from l2lang.engine.answers import extract_answer
+from l2lang.engine.answers import extract_answer, normalise
 from l2lang.engine.records import StepRecord
 from l2lang.plan import Plan, SelectPlan
 
@@ -16,7 +16,7 @@ def select_outputs(outputs: list[dict], scores: list[float], plan: Plan) -> list
     for p in range(len(outputs) // per):
         group = list(range(p * per, (p + 1) * per))
         if select.mode == "vote":
-            answers = {i: extract_answer(outputs[i]["text"]) for i in group}
+            answers = {i: normalise(extract_answer(outputs[i]["text"])) for i in group}  # `\(-4\)` is -4
             totals: dict[str, float] = {}
             for i, answer in answers.items():  # insertion order: ties go to the answer seen first
                 totals[answer] = totals.get(answer, 0.0) + scores[i]
