@@ -203,6 +203,9 @@ class EstimatorPlan(PlanNode):
 
 
 class VectorPlan(PlanNode):
+    """A steering vector: loaded from a safetensors file (`path`: the file as shown, read through
+    `Program.files`), or derived from contrasting prompts when a run starts."""
+
     name: str
     source: Literal["load", "contrast"]
     path: str | None = None
