@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from l2lang.cli.options import chat_option, model_option, open_model, seed_option
+from l2lang.cli.options import (
+    allow_other_model_option,
+    chat_option,
+    model_option,
+    open_model,
+    seed_option,
+)
 from l2lang.errors import L2Error
 
 
@@ -27,6 +33,7 @@ def add_parser(commands) -> None:
     parser.add_argument("--out", default="eval", metavar="DIR", help="results.jsonl, results.md, report.html "
                         "(default ./eval; re-running resumes)")
     chat_option(parser)
+    allow_other_model_option(parser)
     parser.set_defaults(handler=run)
 
 
@@ -37,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1 or args.max_new_tokens < 1:
         raise L2Error.one("--batch-size and --max-new-tokens must be at least 1", path="<command line>")
-    arms = parse_arms(args.strategies)
+    arms = parse_arms(args.strategies, allow_other_model=args.allow_other_model)
     if args.baseline is not None and args.baseline not in {a.label for a in arms}:
         raise L2Error.one(f"--baseline {args.baseline}: not one of the strategies listed", path="<command line>")
     task = load_task(args.task, args.n, args.seed)

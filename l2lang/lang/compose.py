@@ -3,7 +3,7 @@
 A program is the root file plus every file it `use`s (transitively), each a `Unit` with its own
 namespace. Names in a unit refer to that unit's declarations only; a used unit's rules act where its
 `use` statement stands. Parameter values resolve as: `--set` > `use ... with` > the `param` default.
-Every file is read through `l2lang.lang.files`, confined to the root strategy's folder.
+Every file is read through `l2lang.lang.files`, confined to the root strategy's folder (or bundle).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from l2lang.errors import CheckError, L2Error, Span
 from l2lang.lang import ir
+from l2lang.lang.bundle import Bundle, is_bundle_path, open_bundle
 from l2lang.lang.files import FileRef, FileRefused, file_argument, shipped_file
 from l2lang.lang.format import expr as format_expr
 from l2lang.lang.parser import ascii_name, decode_source, parse
@@ -51,6 +52,7 @@ class Program:
     select: tuple[Unit, ir.Select] | None
     overrides: dict[str, Value]
     files: dict[str, FileRef] = field(default_factory=dict)  # data files resolved so far, by display path
+    bundle: Bundle | None = None  # set when loaded from a bundle
 
     @property
     def root(self) -> Unit:
@@ -89,8 +91,24 @@ def target_file(target: str | Path) -> FileRef | None:
     return shipped_file(target)
 
 
-def load_program(target: str | Path, overrides: dict[str, str] | None = None) -> Program:
-    """Load a strategy by shipped name or `.l2` path, with `--set` overrides (`name` or `ns.name`)."""
+def load_program(target: str | Path, overrides: dict[str, str] | None = None, *,
+                 allow_other_model: bool = False) -> Program:
+    """Load a strategy by shipped name, `.l2` path or bundle, with `--set` overrides (`name` or `ns.name`).
+
+    A bundle's params are frozen when it is packed; `allow_other_model` lets it run on weights other
+    than those it was packed for (the run records that).
+    """
+    if is_bundle_path(str(target)):
+        bundle = open_bundle(str(target), allow_other_model=allow_other_model)
+        if overrides:
+            raise CheckError.one(f"--set {next(iter(overrides))}: a bundle's params are frozen when it is packed",
+                                 hint="pack the strategy again with `l2lang pack ... --set NAME=VALUE`",
+                                 path="<command line>")
+        source, strategy = read_strategy(bundle.entry)
+        program = compose(strategy, bundle.entry.display, source, dict(bundle.manifest.overrides), bundle.entry)
+        program.bundle = bundle
+        bundle.verify_fingerprint(program.fingerprint)
+        return program
     file = target_file(target)
     if file is None:
         names = ", ".join(shipped_strategies())

@@ -189,8 +189,15 @@ class Compiler:
                 key = self.vector_key(unit, stmt, path, file, key)
                 return VectorPlan(name=name, source="load", path=file.display, key=key)
             case ir.ContrastSource(positive=pos, negative=neg, layer=layer):
+                bundle = self.program.bundle
+                stored = bundle.derived_file(name, self.weights_sha256) if bundle else None
+                if stored is None:
+                    return VectorPlan(name=name, source="contrast", positive=pos, negative=neg,
+                                      layer=self.layer(_Context(unit), layer))
+                self.program.files[stored.display] = stored
+                key = self.vector_key(unit, stmt, stored.display, stored, "vector")
                 return VectorPlan(name=name, source="contrast", positive=pos, negative=neg,
-                                  layer=self.layer(_Context(unit), layer))
+                                  layer=self.layer(_Context(unit), layer), path=stored.display, key=key)
         raise TypeError(stmt.source)
 
     def data_file(self, unit: Unit, stmt: ir.Statement, relative: str) -> FileRef:

@@ -1,7 +1,8 @@
 """Steering vectors for a Hugging Face model: loaded from safetensors, or derived from contrasting prompts.
 
 Vector files are read through the program's confined files (`Program.files`, filled when the plan
-was compiled) and parsed by safetensors from bytes; nothing is unpickled.
+was compiled) and parsed by safetensors from bytes; nothing is unpickled. A `contrast(...)` vector
+that a bundle stores (computed when it was packed) is loaded like a file instead of derived.
 """
 
 from __future__ import annotations
