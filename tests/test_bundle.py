@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 
 import l2lang
 from l2lang import L2Error
+from l2lang.apps.evaluate import parse_arms
 from l2lang.backends.hf.models import folder_sha256
 from l2lang.cli.main import main
 from l2lang.lang import bundle as B
@@ -155,6 +156,12 @@ def test_packing_is_reproducible_and_inspect_shows_the_hashes(models, packed, tm
     assert main(["inspect", str(bundle)]) == 0
     out = capsys.readouterr().out
     assert shown["id"] in out and "tau=1e8 (frozen)" in out and "strategy/lib/v.safetensors" in out
+    assert main(["check", str(bundle), "--layers", "28"]) == 0
+    assert f"{bundle}: ok for 28 layers (fingerprint {manifest['fingerprint']})" in capsys.readouterr().out
+    (arm,) = parse_arms([str(bundle)])
+    assert arm.strategy.fingerprint == manifest["fingerprint"]
+    with pytest.raises(L2Error, match="params are frozen"):
+        parse_arms([f"{bundle}:tau=3"])
 
 
 def test_packing_refuses_what_it_cannot_pack(packed, tmp_path, capsys) -> None:
@@ -353,7 +360,8 @@ def test_archives_that_are_not_bundles_get_clean_errors(tmp_path: Path, capsys) 
                                                                         "--prompt", "x"])
     unsealed = archive(tmp_path / "u.l2b", [STRATEGY], sealed=False)
     assert "not sealed as an l2lang bundle" in refused(capsys, ["check", str(unsealed)])
-    assert "no such file" not in refused(capsys, ["inspect", str(tmp_path / "missing.l2b")])
+    assert "the bundle does not exist" in refused(capsys, ["inspect", str(tmp_path / "missing.l2b")])
+    assert "inspect reads bundles" in refused(capsys, ["inspect", "examples/card.l2"])
     assert "the bundle does not exist" in refused(capsys, ["explain", str(tmp_path / "missing.l2b")])
 
 

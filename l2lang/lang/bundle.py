@@ -213,11 +213,11 @@ def open_bundle(path: str, *, allow_other_model: bool = False) -> Bundle:
                      f"as {comment[len(SEAL):len(SEAL) + 16].decode('ascii', 'replace')}…",
                      "use the bundle as it was published, or pack it again from its strategy")
     manifest = _parse_manifest(manifest_bytes, refuse)
-    listed, present = set(manifest.members), set(members)
-    for name in sorted(present - listed):
-        raise refuse(f"member {name} is not listed in {MANIFEST}: the bundle was changed after packing")
-    for name in sorted(listed - present):
-        raise refuse(f"member {name}, listed in {MANIFEST}, is missing from the archive")
+    unlisted, missing = sorted(set(members) - set(manifest.members)), sorted(set(manifest.members) - set(members))
+    if unlisted:
+        raise refuse(f"member {unlisted[0]} is not listed in {MANIFEST}: the bundle was changed after packing")
+    if missing:
+        raise refuse(f"member {missing[0]}, listed in {MANIFEST}, is missing from the archive")
     for name in sorted(members):
         actual = hashlib.sha256(members[name]).hexdigest()
         if actual != manifest.members[name]:

@@ -95,7 +95,7 @@ class FileRef:
 
 def join(folder: str, relative: str) -> str:
     """`folder/relative` normalised, refusing names that are not plain relative paths inside the root."""
-    if not relative or "\0" in relative or "\\" in relative or any(ord(c) < 32 for c in relative):
+    if not relative or "\\" in relative or any(ord(c) < 32 for c in relative):
         raise FileRefused("is not a plain relative path", hint="write a path relative to the strategy file, with `/`")
     if relative.startswith("/") or (len(relative) > 1 and relative[0].isalpha() and relative[1] == ":"):
         raise FileRefused("leaves the strategy's folder: paths must stay inside it",

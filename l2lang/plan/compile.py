@@ -195,7 +195,9 @@ class Compiler:
                     return VectorPlan(name=name, source="contrast", positive=pos, negative=neg,
                                       layer=self.layer(_Context(unit), layer))
                 self.program.files[stored.display] = stored
-                key = self.vector_key(unit, stmt, stored.display, stored, "vector")
+                packed = bundle.manifest.model
+                key = self.vector_key(unit, stmt, stored.display, stored, "vector",
+                                      hint=f"the bundle stores it as computed on {packed.id}" if packed else None)
                 return VectorPlan(name=name, source="contrast", positive=pos, negative=neg,
                                   layer=self.layer(_Context(unit), layer), path=stored.display, key=key)
         raise TypeError(stmt.source)
@@ -214,7 +216,8 @@ class Compiler:
         except FileRefused as exc:
             raise self.fail(unit, f"`{relative}` {exc.reason}", stmt.span, hint=exc.hint) from None
 
-    def vector_key(self, unit: Unit, stmt: ir.Vector, relative: str, file: FileRef, key: str | None) -> str:
+    def vector_key(self, unit: Unit, stmt: ir.Vector, relative: str, file: FileRef, key: str | None,
+                   hint: str | None = None) -> str:
         """The key of the vector in a safetensors file, its shape checked against the model's hidden size."""
         tensors = self.read(unit, stmt, relative, file, "vectors", parse_safetensors)
         try:
@@ -224,7 +227,7 @@ class Compiler:
         shape = tensor.shape
         if self.hidden is not None and shape[-1] != self.hidden or any(d != 1 for d in shape[:-1]):
             raise self.fail(unit, f"vector `{stmt.name}` has shape {list(shape)}; the model's hidden "
-                            f"size is {self.hidden}", stmt.span)
+                            f"size is {self.hidden}", stmt.span, hint=hint)
         return key
 
     def threshold(self, ctx: _Context, name: str, layer: int | None, observed: PlanExpr | None, span) -> PlanExpr:
