@@ -27,9 +27,11 @@ __all__ = ["L2Error", "Plan", "Program", "Strategy", "check_program", "compile_p
 __version__ = "0.1.0"
 
 
-def load(target: str, **params: float) -> Strategy:
-    """Load a shipped strategy by name (`"alrr"`) or a `.l2` file, overriding params by keyword."""
-    return Strategy(load_program(target, {name: str(value) for name, value in params.items()}))
+def load(target: str, *, allow_other_model: bool = False, **params: float) -> Strategy:
+    """Load a shipped strategy by name (`"alrr"`), a `.l2` file or a bundle (`.l2b`), overriding params by
+    keyword (a bundle's are frozen). A bundle refuses other weights than its own unless `allow_other_model`."""
+    return Strategy(load_program(target, {name: str(value) for name, value in params.items()},
+                                 allow_other_model=allow_other_model))
 
 
 def __getattr__(name: str):

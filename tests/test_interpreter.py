@@ -171,7 +171,8 @@ def test_table_thresholds_are_read_at_the_compared_layer(tmp_path: Path) -> None
 
 
 def test_calibrated_thresholds_and_thresholds_in_actions(tmp_path: Path) -> None:
-    layers = {str(j): {"p50": 0.0, "p90": between(norms(j), 0.7)} for j in range(8)}
+    layers = {str(j): {"p50": 0.0, "p75": 0.0, "p90": between(norms(j), 0.7), "p95": 0.0, "p99": 0.0}
+              for j in range(8)}  # a complete profile: only p90 matters here
     profile = json.dumps({"format": "l2lang-profile/1", "layers": layers})
     text = 'threshold tau = calibrated("profile.json", q=0.9)\nif norm[3] > 0.9*tau suppress clamp tau*0.8\n'
     trace = compare(text, tmp_path, files={"profile.json": profile})

@@ -103,7 +103,7 @@ def test_vectors_load_from_safetensors_with_checked_shape(tmp_path: Path) -> Non
     with pytest.raises(L2Error, match="holds 2 tensors"):
         compile_plan(program_from(tmp_path, text.replace(', "reason"', "")), 4, 16)
     (tmp_path / "bad.safetensors").write_bytes(b"\x80\x04not a safetensors file")
-    with pytest.raises(L2Error, match="not a safetensors file"):
+    with pytest.raises(L2Error, match="not a valid safetensors file"):
         compile_plan(program_from(tmp_path, text.replace("v.safetensors", "bad.safetensors")), 4, 16)
 
 

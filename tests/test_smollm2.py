@@ -70,3 +70,16 @@ def test_recorded_runs_are_reproduced(smol) -> None:
 
     recorded = json.loads((Path(__file__).parent / "data" / "golden_smollm2.json").read_text())
     assert record_smollm2(smol.model, smol.tokenizer) == recorded
+
+
+def test_the_example_bundle_runs_as_its_file_on_smollm2(smol) -> None:
+    import l2lang
+
+    bundle = CARD.with_suffix(".l2b")
+    for kwargs in ({"do_sample": False}, {"do_sample": True, "temperature": 0.8}):
+        from_file = generate(smol.model, smol.tokenizer, strategy(CARD), PROMPTS, seed=3, max_new_tokens=24, **kwargs)
+        from_bundle = generate(smol.model, smol.tokenizer, l2lang.load(str(bundle)), PROMPTS, seed=3,
+                               max_new_tokens=24, **kwargs)
+        assert [o["token_ids"] for o in from_bundle.outputs] == [o["token_ids"] for o in from_file.outputs]
+        assert from_bundle.report.interventions == from_file.report.interventions
+        assert from_bundle.plan.vectors["v_reason"].path.endswith("card.l2b!derived/v_reason.safetensors")

@@ -35,10 +35,11 @@ class Arm:
     strategy: Strategy
 
 
-def parse_arms(texts: list[str]) -> list[Arm]:
+def parse_arms(texts: list[str], *, allow_other_model: bool = False) -> list[Arm]:
     """`baseline,alrr:warmup=32,k=1,lrs:n=4` → baseline | alrr with {warmup, k} | lrs with {n}.
 
     Pieces are split at commas; a piece with `=` and no `:` is one more parameter of the piece before.
+    A piece may be a bundle (`policy.l2b`); `allow_other_model` lets bundles run on other weights.
     """
     pieces: list[str] = []
     for text in texts:
@@ -59,7 +60,7 @@ def parse_arms(texts: list[str]) -> list[Arm]:
             if not sep:
                 raise L2Error.one(f"--strategies: `{item}` in `{piece}` is not k=v", path="<command line>")
             overrides[key.strip()] = value.strip()
-        arms.append(Arm(piece, Strategy(load_program(name, overrides))))
+        arms.append(Arm(piece, Strategy(load_program(name, overrides, allow_other_model=allow_other_model))))
     if not arms:
         raise L2Error.one("--strategies: name at least one strategy", path="<command line>")
     return arms
@@ -124,6 +125,9 @@ def evaluate(backend: Backend, arms: list[Arm], task: Task, out: str | Path, *, 
             os.fsync(sink.fileno())
             advance(len(wanted))
     settings["run"] = key
+    bundles = {arm.label: arm.strategy.program.bundle.record() for arm in arms if arm.strategy.program.bundle}
+    if bundles:
+        settings["bundles"] = bundles
     (folder / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
     rescore_results(folder, key, task)
     return run_records(folder, key, arms, task), settings

@@ -7,6 +7,7 @@ import sys
 
 from l2lang.cli.options import (
     DEFAULT_MODEL,
+    allow_other_model_option,
     chat_option,
     model_option,
     open_model,
@@ -35,6 +36,7 @@ def add_parser(commands) -> None:
     chat_option(parser)
     parser.add_argument("--rescore", action="store_true", help="re-score the recorded answers of the run in "
                         "--out from their texts under the current answer convention (no model is loaded)")
+    allow_other_model_option(parser)
     parser.set_defaults(handler=run)
 
 
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1 or args.max_new_tokens < 1:
         raise L2Error.one("--batch-size and --max-new-tokens must be at least 1", path="<command line>")
-    arms = parse_arms(args.strategies)
+    arms = parse_arms(args.strategies, allow_other_model=args.allow_other_model)
     if args.baseline is not None and args.baseline not in {a.label for a in arms}:
         raise L2Error.one(f"--baseline {args.baseline}: not one of the strategies listed", path="<command line>")
     task = load_task(args.task, args.n, args.seed)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 from l2lang.errors import L2Error
-from l2lang.lang.compose import read_strategy_file, resolve_target
+from l2lang.lang.bundle import is_bundle_path
+from l2lang.lang.compose import read_strategy
+from l2lang.lang.files import file_argument
 from l2lang.lang.format import format_strategy
+from l2lang.resources import shipped_strategies
 
 
 def add_parser(commands) -> None:
@@ -20,10 +24,13 @@ def add_parser(commands) -> None:
 def run(args) -> int:
     status = 0
     for file in args.files:
-        path = resolve_target(file, None) if not Path(file).exists() else Path(file)
+        if is_bundle_path(file):
+            raise L2Error.one("a bundle is sealed: fmt rewrites .l2 files", path=file,
+                              hint="format the strategy file, then pack it again")
+        path = Path(file) if os.path.lexists(file) else shipped_strategies().get(file)
         if path is None:
             raise L2Error.one(f"no such file: {file}", path=file)
-        source, strategy = read_strategy_file(path)
+        source, strategy = read_strategy(file_argument(path))
         formatted = format_strategy(strategy)
         if formatted == source:
             continue

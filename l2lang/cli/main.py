@@ -1,4 +1,4 @@
-"""`l2lang`: check, fmt, explain, run, trace, calibrate, eval. User errors exit 1 with a message.
+"""`l2lang`: check, fmt, explain, run, trace, calibrate, eval, pack, inspect. User errors exit 1 with a message.
 
 Each command is a module of this package with `add_parser(commands)` and `run(args)`; commands that
 load a model import torch and transformers only when they run, so `check` and `fmt` stay fast.
@@ -9,10 +9,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-from l2lang.cli import calibrate, check, eval, explain, fmt, run, trace
+from l2lang.cli import (
+    calibrate,
+    check,
+    eval,
+    explain,
+    fmt,
+    inspect_bundle,
+    pack,
+    run,
+    trace,
+)
 from l2lang.errors import L2Error
 
-COMMANDS = (check, fmt, explain, run, trace, calibrate, eval)
+COMMANDS = (check, fmt, explain, run, trace, calibrate, eval, pack, inspect_bundle)
 
 
 def main(argv: list[str] | None = None) -> int:

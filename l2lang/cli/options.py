@@ -38,6 +38,11 @@ def set_option(parser: argparse.ArgumentParser) -> None:
                         help="override a param (repeatable); `ns.NAME` for a used file's param")
 
 
+def allow_other_model_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-other-model", action="store_true",
+                        help="run a bundle on weights other than those it was packed for (recorded in the run)")
+
+
 def prompt_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--prompt", metavar="TEXT")

@@ -8,6 +8,7 @@ import sys
 from importlib.metadata import version
 
 from l2lang.cli.options import (
+    allow_other_model_option,
     chat_option,
     model_option,
     open_model,
@@ -22,7 +23,7 @@ from l2lang.errors import L2Error
 
 def add_parser(commands) -> None:
     parser = commands.add_parser("run", help="generate with a strategy attached")
-    parser.add_argument("strategy", metavar="STRATEGY")
+    parser.add_argument("strategy", metavar="STRATEGY", help="shipped name, .l2 file or bundle (.l2b)")
     model_option(parser)
     prompt_options(parser)
     parser.add_argument("--max-new-tokens", type=int, default=64, metavar="N")
@@ -33,6 +34,7 @@ def add_parser(commands) -> None:
     chat_option(parser)
     parser.add_argument("--json", action="store_true", help="print outputs and manifest as one JSON object")
     set_option(parser)
+    allow_other_model_option(parser)
     parser.set_defaults(handler=run)
 
 
@@ -52,7 +54,7 @@ def run(args) -> int:
     from l2lang.engine.strategy import Strategy
     from l2lang.lang.compose import load_program
 
-    strategy = Strategy(load_program(args.strategy, parse_sets(args.set)))
+    strategy = Strategy(load_program(args.strategy, parse_sets(args.set), allow_other_model=args.allow_other_model))
     prompts = read_prompts(args)
     sampling = sampling_options(args)
     backend = open_model(args)  # torch and the backend load only here
@@ -70,6 +72,9 @@ def run(args) -> int:
                        for o in result.outputs] if plan.select else None,
         "versions": {name: version(name) for name in ("l2lang", "torch", "transformers")},
     }
+    bundle = strategy.program.bundle
+    if bundle is not None:
+        manifest["bundle"] = bundle.record()
     if args.json:
         outputs = [{"prompt": p, **o} for p, o in zip(prompts, result.outputs)]
         json.dump({"outputs": outputs, "manifest": manifest}, sys.stdout, indent=2)
@@ -80,4 +85,7 @@ def run(args) -> int:
     fired = ", ".join(f"{k}: {v}" for k, v in result.report.interventions.items() if v) or "nowhere"
     print(f"strategy {args.strategy} ({plan.fingerprint}) on {backend.model_id}, {plan.layers} layers")
     print(f"fired: {fired}")
+    if bundle is not None:
+        other = "; ran on other weights than it was packed for (--allow-other-model)" if bundle.ran_on_other_model else ""
+        print(f"bundle {bundle.id[:16]}{other}")
     return 0

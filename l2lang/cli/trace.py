@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from l2lang.cli.options import (
+    allow_other_model_option,
     chat_option,
     model_option,
     open_model,
@@ -29,6 +30,7 @@ def add_parser(commands) -> None:
     seed_option(parser)
     chat_option(parser)
     set_option(parser)
+    allow_other_model_option(parser)
     parser.set_defaults(handler=run)
 
 
@@ -37,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from l2lang.engine.strategy import observe_only
     from l2lang.lang.compose import load_program
 
-    program = observe_only() if args.observe else load_program(args.strategy, parse_sets(args.set))
+    program = observe_only() if args.observe else \
+        load_program(args.strategy, parse_sets(args.set), allow_other_model=args.allow_other_model)
     if program.sample is not None:
         raise L2Error.one("trace follows one answer per prompt; `sample` strategies are listed by `run --json`",
                           path=str(args.strategy))

@@ -29,7 +29,12 @@ class Strategy:
         return self.program.fingerprint
 
     def plan_for_shape(self, layers: int, hidden_size: int | None, weights_sha256: str | None = None) -> Plan:
-        """The plan for a model of this shape and these weights (compiled once, then reused)."""
+        """The plan for a model of this shape and these weights (compiled once, then reused).
+
+        A strategy loaded from a bundle runs only on the weights it was packed for, unless it was loaded
+        with `allow_other_model`."""
+        if self.program.bundle is not None:
+            self.program.bundle.check_model(weights_sha256)
         key = (layers, hidden_size, weights_sha256)
         if key not in self.plans:
             self.plans[key] = compile_plan(self.program, *key)

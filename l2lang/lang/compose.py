@@ -3,16 +3,20 @@
 A program is the root file plus every file it `use`s (transitively), each a `Unit` with its own
 namespace. Names in a unit refer to that unit's declarations only; a used unit's rules act where its
 `use` statement stands. Parameter values resolve as: `--set` > `use ... with` > the `param` default.
+Every file is read through `l2lang.lang.files`, confined to the root strategy's folder (or bundle).
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from l2lang.errors import CheckError, L2Error, Span
 from l2lang.lang import ir
+from l2lang.lang.bundle import Bundle, is_bundle_path, open_bundle
+from l2lang.lang.files import FileRef, FileRefused, file_argument, shipped_file
 from l2lang.lang.format import expr as format_expr
 from l2lang.lang.parser import ascii_name, decode_source, parse
 from l2lang.resources import shipped_strategies
@@ -26,18 +30,15 @@ class Unit:
     """One file inside a program."""
 
     namespace: str  # "" for the root, "alrr." for `use alrr`, "a.b." when nested
-    path: str
+    path: str       # as shown in messages
     source: str
     strategy: ir.Strategy
+    file: FileRef   # where it was read from: the files it names are read next to it
     params: dict[str, Value] = field(default_factory=dict)
     decls: dict[str, ir.Statement] = field(default_factory=dict)
 
     def error(self, message: str, span: Span | None, hint: str | None = None) -> L2Error:
         return CheckError.one(message, span, hint=hint, path=self.path, source=self.source)
-
-    @property
-    def directory(self) -> Path:
-        return Path(self.path).resolve().parent
 
 
 @dataclass
@@ -50,10 +51,19 @@ class Program:
     sample: tuple[Unit, ir.Sample] | None
     select: tuple[Unit, ir.Select] | None
     overrides: dict[str, Value]
+    files: dict[str, FileRef] = field(default_factory=dict)  # data files resolved so far, by display path
+    bundle: Bundle | None = None  # set when loaded from a bundle
 
     @property
     def root(self) -> Unit:
         return self.units[0]
+
+    def resolve(self, unit: Unit, relative: str) -> FileRef:
+        """The data file `relative` names from `unit` (a profile, a vector file), remembered by its display path
+        so that the plan can name it and the runtime read it; `FileRefused` if it leaves the root."""
+        ref = unit.file.sibling(relative)
+        self.files[ref.display] = ref
+        return ref
 
     @property
     def fingerprint(self) -> str:
@@ -63,42 +73,59 @@ class Program:
         return ir.fingerprint_of(*parts)
 
 
-def read_strategy_file(path: str | Path) -> tuple[str, ir.Strategy]:
-    """Read and parse one file; missing or unreadable files are `L2Error`s."""
-    path = str(path)
+def read_strategy(file: FileRef) -> tuple[str, ir.Strategy]:
+    """Read and parse one strategy file; unreadable files are `L2Error`s naming the file."""
     try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise CheckError.one(f"cannot read strategy file: {exc.strerror or exc}", path=path) from None
-    source = decode_source(raw, path)
-    return source, parse(source, path)
+        raw = file.read("strategy")
+    except FileRefused as exc:
+        raise CheckError.one(f"the strategy file {exc.reason}", hint=exc.hint, path=file.display) from None
+    source = decode_source(raw, file.display)
+    return source, parse(source, file.display)
 
 
-def resolve_target(target: str, base: Path | None) -> Path | None:
-    """A `use` target (or CLI argument) → file: a shipped name, or a `.l2` path."""
+def target_file(target: str | Path) -> FileRef | None:
+    """A strategy named on the command line: a `.l2` path that exists, or a shipped name (else None)."""
+    target = str(target)
     if target.endswith(".l2"):
-        candidate = Path(target)
-        if not candidate.is_absolute() and base is not None:
-            candidate = base / candidate
-        return candidate if candidate.is_file() else None
-    return shipped_strategies().get(target)
+        return file_argument(target) if os.path.lexists(target) else None
+    return shipped_file(target)
 
 
-def load_program(target: str | Path, overrides: dict[str, str] | None = None) -> Program:
-    """Load a strategy by shipped name or path, with `--set` overrides (`name` or `ns.name`)."""
-    path = resolve_target(str(target), None)
-    if path is None:
+def load_program(target: str | Path, overrides: dict[str, str] | None = None, *,
+                 allow_other_model: bool = False) -> Program:
+    """Load a strategy by shipped name, `.l2` path or bundle, with `--set` overrides (`name` or `ns.name`).
+
+    A bundle's params are frozen when it is packed; `allow_other_model` lets it run on weights other
+    than those it was packed for (the run records that).
+    """
+    if is_bundle_path(str(target)):
+        bundle = open_bundle(str(target), allow_other_model=allow_other_model)
+        if overrides:
+            raise CheckError.one(f"--set {next(iter(overrides))}: a bundle's params are frozen when it is packed",
+                                 hint="pack the strategy again with `l2lang pack ... --set NAME=VALUE`",
+                                 path="<command line>")
+        source, strategy = read_strategy(bundle.entry)
+        program = compose(strategy, bundle.entry.display, source, dict(bundle.manifest.overrides), bundle.entry)
+        program.bundle = bundle
+        bundle.verify_fingerprint(program.fingerprint)
+        return program
+    file = target_file(target)
+    if file is None:
         names = ", ".join(shipped_strategies())
         raise CheckError.one(f"no strategy file or shipped strategy named {str(target)!r}",
-                          hint=f"shipped strategies: {names}", path=str(target))
-    source, strategy = read_strategy_file(path)
-    return compose(strategy, str(path), source, overrides or {})
+                             hint=f"shipped strategies: {names}", path=str(target))
+    source, strategy = read_strategy(file)
+    return compose(strategy, str(target) if str(target).endswith(".l2") else file.display, source,
+                   overrides or {}, file)
 
 
-def compose(strategy: ir.Strategy, path: str, source: str, overrides: dict[str, str]) -> Program:
+def compose(strategy: ir.Strategy, path: str, source: str, overrides: dict[str, str],
+            file: FileRef | None = None) -> Program:
+    """The program of `strategy` (shown as `path`, read from `file`; by default the file `path` names)."""
+    file = file or file_argument(path)
     parsed = {_qualified_override(k): _parse_value(k, v) for k, v in overrides.items()}
     program = Program(units=[], rules=[], observes=[], sample=None, select=None, overrides=parsed)
-    _add_unit(program, Unit("", path, source, strategy), {}, stack=[str(Path(path).resolve())])
+    _add_unit(program, Unit("", path, source, strategy, file), {}, stack=[file.identity])
     _check_overrides_used(program)
     return program
 
@@ -214,20 +241,27 @@ def _resolve_params(unit: Unit, use_overrides: dict[str, Value], cli: dict[str, 
 
 
 def _add_used(program: Program, unit: Unit, stmt: ir.Use, stack: list[str]) -> None:
-    path = resolve_target(stmt.target, unit.directory)
-    if path is None:
+    try:
+        file = unit.file.use_target(stmt.target)
+    except FileRefused as exc:
+        raise unit.error(f"`use {stmt.target}`: the path {exc.reason}", stmt.span, hint=exc.hint) from None
+    if file is None:
         shipped = list(shipped_strategies())
         near = difflib.get_close_matches(stmt.target, shipped, n=1)
         hint = f"did you mean `{near[0]}`?" if near else f"shipped strategies: {', '.join(shipped)}"
         raise unit.error(f"`use {stmt.target}`: no such strategy file or shipped strategy", stmt.span, hint=hint)
-    resolved = str(path.resolve())
-    if resolved in stack:
+    if file.identity in stack:
         raise unit.error(f"`use {stmt.target}` makes a cycle: a file cannot use itself", stmt.span)
     if len(stack) >= MAX_USE_DEPTH:
         raise unit.error(f"`use` is nested more than {MAX_USE_DEPTH} deep", stmt.span)
-    source, strategy = read_strategy_file(path)
+    try:
+        raw = file.read("strategy")
+    except FileRefused as exc:
+        raise unit.error(f"`use {stmt.target}`: {file.display} {exc.reason}", stmt.span, hint=exc.hint) from None
+    source = decode_source(raw, file.display)
+    strategy = parse(source, file.display)
     namespace = unit.namespace + (stmt.alias or _namespace_of(stmt.target)) + "."
-    child = Unit(namespace, str(path), source, strategy)
+    child = Unit(namespace, file.display, source, strategy, file)
     overrides = {kw.name: constant(kw.value, unit, f"override `{kw.name}`") for kw in stmt.overrides}
     declared = {s.name for s in strategy.statements if isinstance(s, ir.Param)}
     for kw in stmt.overrides:
@@ -236,7 +270,7 @@ def _add_used(program: Program, unit: Unit, stmt: ir.Use, stack: list[str]) -> N
             raise unit.error(f"`{stmt.target}` has no param `{kw.name}`", kw.span,
                              hint=f"did you mean `{near[0]}`?" if near else
                              f"its params: {', '.join(sorted(declared)) or 'none'}")
-    _add_unit(program, child, overrides, stack + [resolved])
+    _add_unit(program, child, overrides, stack + [file.identity])
 
 
 def _check_overrides_used(program: Program) -> None:

@@ -8,11 +8,7 @@ schedule). The plan is plain data: JSON-serialisable and printable by `l2lang ex
 
 from __future__ import annotations
 
-import difflib
-import json
-import struct
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from l2lang.errors import CompileError, Diagnostic, L2Error, Span
 from l2lang.lang import ir
@@ -24,7 +20,14 @@ from l2lang.lang.check import (
     split_steer,
 )
 from l2lang.lang.compose import Program, Unit, constant
+from l2lang.lang.files import FileRef, FileRefused
 from l2lang.lang.format import expr as show
+from l2lang.plan.datafiles import (
+    Profile,
+    parse_profile,
+    parse_safetensors,
+    vector_entry,
+)
 from l2lang.plan.nodes import (
     QUANTILE_KEYS,
     ActionPlan,
@@ -82,7 +85,6 @@ class Compiler:
         self.streaks = 0
         self.rates = 0
         self.chances = 0
-        self.profiles: dict[str, dict] = {}
 
     def fail(self, unit: Unit, message: str, span: Span | None, hint: str | None = None) -> L2Error:
         return CompileError([Diagnostic(message, span, unit.path, unit.source, hint)])
@@ -183,33 +185,50 @@ class Compiler:
         name = unit.namespace + stmt.name
         match stmt.source:
             case ir.LoadSource(path=path, key=key):
-                file = unit.directory / path
-                shape = self.safetensors_shape(unit, stmt, file, key)
-                if self.hidden is not None and shape[-1] != self.hidden or len(shape) > 1 and \
-                        any(d != 1 for d in shape[:-1]):
-                    raise self.fail(unit, f"vector `{stmt.name}` has shape {list(shape)}; the model's hidden "
-                                    f"size is {self.hidden}", stmt.span)
-                return VectorPlan(name=name, source="load", path=str(file), key=key)
+                file = self.data_file(unit, stmt, path)
+                key = self.vector_key(unit, stmt, path, file, key)
+                return VectorPlan(name=name, source="load", path=file.display, key=key)
             case ir.ContrastSource(positive=pos, negative=neg, layer=layer):
+                bundle = self.program.bundle
+                stored = bundle.derived_file(name, self.weights_sha256) if bundle else None
+                if stored is None:
+                    return VectorPlan(name=name, source="contrast", positive=pos, negative=neg,
+                                      layer=self.layer(_Context(unit), layer))
+                self.program.files[stored.display] = stored
+                packed = bundle.manifest.model
+                key = self.vector_key(unit, stmt, stored.display, stored, "vector",
+                                      hint=f"the bundle stores it as computed on {packed.id}" if packed else None)
                 return VectorPlan(name=name, source="contrast", positive=pos, negative=neg,
-                                  layer=self.layer(_Context(unit), layer))
+                                  layer=self.layer(_Context(unit), layer), path=stored.display, key=key)
         raise TypeError(stmt.source)
 
-    def safetensors_shape(self, unit: Unit, stmt, file: Path, key: str | None) -> tuple[int, ...]:
-        header = read_safetensors_header(file)
-        if header is None:
-            raise self.fail(unit, f"`{file.name}` is missing or is not a safetensors file", stmt.span)
-        tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-        if key is None:
-            if len(tensors) != 1:
-                raise self.fail(unit, f"`{file.name}` holds {len(tensors)} tensors: name one with "
-                                f"`load(\"{file.name}\", \"KEY\")`", stmt.span, hint=f"keys: {', '.join(tensors)}")
-            key = next(iter(tensors))
-        if key not in tensors:
-            near = difflib.get_close_matches(key, list(tensors), n=1)
-            raise self.fail(unit, f"`{file.name}` has no tensor `{key}`", stmt.span,
-                            hint=f"did you mean `{near[0]}`?" if near else f"keys: {', '.join(tensors)}")
-        return tuple(tensors[key].get("shape", ()))
+    def data_file(self, unit: Unit, stmt: ir.Statement, relative: str) -> FileRef:
+        """The file `relative` names from `unit`, refused (at `stmt`) if it leaves the strategy's folder."""
+        try:
+            return self.program.resolve(unit, relative)
+        except FileRefused as exc:
+            raise self.fail(unit, f"`{relative}` {exc.reason}", stmt.span, hint=exc.hint) from None
+
+    def read(self, unit: Unit, stmt: ir.Statement, relative: str, file: FileRef, kind: str, parse):
+        """`parse(bytes)` of the file, every refusal an error at `stmt` naming the file as written."""
+        try:
+            return parse(file.read(kind))
+        except FileRefused as exc:
+            raise self.fail(unit, f"`{relative}` {exc.reason}", stmt.span, hint=exc.hint) from None
+
+    def vector_key(self, unit: Unit, stmt: ir.Vector, relative: str, file: FileRef, key: str | None,
+                   hint: str | None = None) -> str:
+        """The key of the vector in a safetensors file, its shape checked against the model's hidden size."""
+        tensors = self.read(unit, stmt, relative, file, "vectors", parse_safetensors)
+        try:
+            key, tensor = vector_entry(tensors, key, relative)
+        except FileRefused as exc:
+            raise self.fail(unit, f"`{relative}` {exc.reason}", stmt.span, hint=exc.hint) from None
+        shape = tensor.shape
+        if self.hidden is not None and shape[-1] != self.hidden or any(d != 1 for d in shape[:-1]):
+            raise self.fail(unit, f"vector `{stmt.name}` has shape {list(shape)}; the model's hidden "
+                            f"size is {self.hidden}", stmt.span, hint=hint)
+        return key
 
     def threshold(self, ctx: _Context, name: str, layer: int | None, observed: PlanExpr | None, span) -> PlanExpr:
         unit = ctx.unit
@@ -251,30 +270,24 @@ class Compiler:
             self.thresholds[qualified] = ThresholdPlan(name=qualified, source="table", values=table)
             return Const(value=table[layer], note=f"{qualified}@{layer}")
         profile, q = self.profile(unit, stmt, source)
-        values = {int(k): float(v[QUANTILE_KEYS[q]]) for k, v in profile["layers"].items()}
+        values = {layer: stats[QUANTILE_KEYS[q]] for layer, stats in profile.layers.items()}
         self.thresholds[qualified] = ThresholdPlan(name=qualified, source="calibrated", values=values,
                                                    profile=source.profile, q=q)
         return Const(value=values[layer], note=f"{qualified}@{layer}")
 
-    def profile(self, unit: Unit, stmt: ir.Threshold, source: ir.CalibratedSource) -> tuple[dict, float]:
+    def profile(self, unit: Unit, stmt: ir.Threshold, source: ir.CalibratedSource) -> tuple[Profile, float]:
         q = float(next(constant(kw.value, unit, "q") for kw in source.options if kw.name == "q"))
         if q not in QUANTILE_KEYS:
             raise self.fail(unit, f"profiles record quantiles {', '.join(map(str, QUANTILE_KEYS))}; "
                             f"q={q} is not one of them", stmt.span)
-        file = unit.directory / source.profile
-        try:
-            profile = json.loads(file.read_text(encoding="utf-8"))
-            layers = profile["layers"]
-            assert isinstance(layers, dict)
-        except (OSError, ValueError, KeyError, AssertionError, TypeError):
-            raise self.fail(unit, f"`{source.profile}` is missing or is not an l2lang calibration profile",
-                            stmt.span, hint="make one with `l2lang calibrate --model M --out PROFILE`") from None
-        if len(layers) != self.L:
-            raise self.fail(unit, f"`{source.profile}` was recorded on a model with {len(layers)} layers; "
+        file = self.data_file(unit, stmt, source.profile)
+        profile = self.read(unit, stmt, source.profile, file, "profile", parse_profile)
+        if len(profile.layers) != self.L:
+            raise self.fail(unit, f"`{source.profile}` was recorded on a model with {len(profile.layers)} layers; "
                             f"this one has {self.L}", stmt.span)
-        recorded = profile.get("weights_sha256")
+        recorded = profile.weights_sha256
         if self.weights_sha256 and recorded and recorded != self.weights_sha256:
-            raise self.fail(unit, f"`{source.profile}` was recorded on other weights ({profile.get('model')}, "
+            raise self.fail(unit, f"`{source.profile}` was recorded on other weights ({profile.model}, "
                             f"sha256 {recorded[:12]}…); this model's are {self.weights_sha256[:12]}…", stmt.span,
                             hint="record a profile for this model with `l2lang calibrate`")
         return profile, q
@@ -501,22 +514,6 @@ def schedule(rules: list[RulePlan]) -> tuple[LayerStep, ...]:
             steps.setdefault(action.layer, {"evaluate": [], "act": []})["act"].append((rule.id, index))
     return tuple(LayerStep(layer=layer, evaluate=tuple(s["evaluate"]), act=tuple(s["act"]))
                  for layer, s in sorted(steps.items()))
-
-
-def read_safetensors_header(path: Path) -> dict | None:
-    """The JSON header of a safetensors file (8-byte length, then JSON); None if it is not one."""
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read(8)
-            if len(raw) != 8:
-                return None
-            (length,) = struct.unpack("<Q", raw)
-            if length > 100_000_000:
-                return None
-            header = json.loads(handle.read(length))
-    except (OSError, ValueError):
-        return None
-    return header if isinstance(header, dict) else None
 
 
 def compile_plan(program: Program, layers: int, hidden_size: int | None = None,

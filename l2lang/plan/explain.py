@@ -51,7 +51,8 @@ def explain_text(program: Program, plan: Plan | None) -> str:
             lines.append(f"  {t.name} [{t.source}] {detail}")
     for name, v in plan.vectors.items():
         src = f"load {v.path}" + (f" [{v.key}]" if v.key else "") if v.source == "load" else \
-            f"contrast of {len(v.positive)} vs {len(v.negative)} prompts at layer {v.layer}"
+            f"contrast of {len(v.positive)} vs {len(v.negative)} prompts at layer {v.layer}" + \
+            (f", computed when packed: {v.path}" if v.path else "")
         lines.append(f"vector {name}: {src}")
     for name, capacity in plan.banks.items():
         lines.append(f"bank {name}: top {capacity} states by norm, per request and layer")

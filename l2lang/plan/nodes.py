@@ -203,6 +203,10 @@ class EstimatorPlan(PlanNode):
 
 
 class VectorPlan(PlanNode):
+    """A steering vector: loaded from a safetensors file, or derived from contrasting prompts. `path` (the
+    file as shown, read through `Program.files`) is set for loaded vectors and for derived ones a bundle
+    stores; the others are derived on the model when a run starts."""
+
     name: str
     source: Literal["load", "contrast"]
     path: str | None = None

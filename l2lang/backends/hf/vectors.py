@@ -1,4 +1,9 @@
-"""Steering vectors for a Hugging Face model: loaded from safetensors, or derived from contrasting prompts."""
+"""Steering vectors for a Hugging Face model: loaded from safetensors, or derived from contrasting prompts.
+
+Vector files are read through the program's confined files (`Program.files`, filled when the plan
+was compiled) and parsed by safetensors from bytes; nothing is unpickled. A `contrast(...)` vector
+that a bundle stores (computed when it was packed) is loaded like a file instead of derived.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +13,17 @@ from torch import nn
 from l2lang import plan as P
 from l2lang.backends.hf.layers import ModelAdapter
 from l2lang.engine.strategy import Strategy
-from l2lang.errors import L2Error
+from l2lang.errors import CompileError, L2Error
+from l2lang.lang.files import FileRef, FileRefused
+from l2lang.plan.datafiles import parse_safetensors, vector_entry
 
 
 def vector_for(spec: P.VectorPlan, strategy: Strategy, model: nn.Module, adapter: ModelAdapter,
                tokenizer) -> torch.Tensor:
     """The vector `spec` names, on the model's device and dtype, checked against its hidden size."""
     parameter = next(model.parameters())
-    if spec.source == "load":
-        from safetensors.torch import load_file
-
-        tensors = load_file(spec.path)
-        vector = tensors[spec.key] if spec.key else next(iter(tensors.values()))
+    if spec.path is not None:
+        vector = load_vector(strategy.program.files[spec.path], spec.key)
     else:
         derived = strategy.derived.setdefault(model, {})
         key = f"{id(tokenizer)}:{spec.model_dump_json()}"  # derived with this tokenizer
@@ -31,6 +35,24 @@ def vector_for(spec: P.VectorPlan, strategy: Strategy, model: nn.Module, adapter
         raise L2Error.one(f"vector `{spec.name}` has {vector.numel()} values; the model's hidden size is "
                           f"{adapter.hidden_size}", path=spec.path or "<vector>")
     return vector.to(device=parameter.device, dtype=parameter.dtype)
+
+
+def load_vector(file: FileRef, key: str | None) -> torch.Tensor:
+    """The vector `key` of a safetensors file, validated first; refused if any value is NaN or infinite."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        data = file.read("vectors")
+        key, _ = vector_entry(parse_safetensors(data), key, file.name)
+        vector = load(data)[key]
+    except FileRefused as exc:
+        raise CompileError.one(f"the vector file {exc.reason}", hint=exc.hint, path=file.display) from None
+    except SafetensorError as exc:
+        raise CompileError.one(f"the vector file is not a valid safetensors file: {exc}", path=file.display) from None
+    if not torch.isfinite(vector).all():
+        raise CompileError.one(f"vector `{key}` has NaN or infinite values", path=file.display)
+    return vector
 
 
 @torch.no_grad()
