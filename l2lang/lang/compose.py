@@ -14,10 +14,10 @@ from pathlib import Path
 from l2lang.errors import CheckError, L2Error, Span
 from l2lang.lang import ir
 from l2lang.lang.format import expr as format_expr
+from l2lang.lang.limits import MAX_PROGRAM_BYTES, MAX_UNITS, MAX_USE_DEPTH
 from l2lang.lang.parser import ascii_name, decode_source, parse
 from l2lang.resources import shipped_strategies
 
-MAX_USE_DEPTH = 8
 Value = int | float
 
 
@@ -50,6 +50,9 @@ class Program:
     sample: tuple[Unit, ir.Sample] | None
     select: tuple[Unit, ir.Select] | None
     overrides: dict[str, Value]
+    # each file is read and parsed once, however often it is used (by resolved path)
+    parsed: dict[str, tuple[str, ir.Strategy]] = field(default_factory=dict, repr=False)
+    size: int = 0  # bytes of source over every unit, a used file counted at each `use`
 
     @property
     def root(self) -> Unit:
@@ -157,6 +160,7 @@ def _describe(expr: ir.Expr) -> str:
 
 def _add_unit(program: Program, unit: Unit, use_overrides: dict[str, Value], stack: list[str]) -> None:
     program.units.append(unit)
+    program.size += len(unit.source.encode("utf-8", "surrogatepass"))
     _collect_declarations(unit)
     _resolve_params(unit, use_overrides, program.overrides)
     for stmt in unit.strategy.statements:
@@ -225,7 +229,16 @@ def _add_used(program: Program, unit: Unit, stmt: ir.Use, stack: list[str]) -> N
         raise unit.error(f"`use {stmt.target}` makes a cycle: a file cannot use itself", stmt.span)
     if len(stack) >= MAX_USE_DEPTH:
         raise unit.error(f"`use` is nested more than {MAX_USE_DEPTH} deep", stmt.span)
-    source, strategy = read_strategy_file(path)
+    if len(program.units) >= MAX_UNITS:
+        raise unit.error(f"the program uses too many files: more than {MAX_UNITS} units (a file counts once per "
+                         "`use`, including the uses inside used files)", stmt.span)
+    if resolved not in program.parsed:
+        program.parsed[resolved] = read_strategy_file(path)
+    source, strategy = program.parsed[resolved]
+    size = len(source.encode("utf-8", "surrogatepass"))
+    if program.size + size > MAX_PROGRAM_BYTES:
+        raise unit.error(f"the program is too large: with `{stmt.target}` its files hold more than "
+                         f"{MAX_PROGRAM_BYTES} bytes (a file counts once per `use`)", stmt.span)
     namespace = unit.namespace + (stmt.alias or _namespace_of(stmt.target)) + "."
     child = Unit(namespace, str(path), source, strategy)
     overrides = {kw.name: constant(kw.value, unit, f"override `{kw.name}`") for kw in stmt.overrides}

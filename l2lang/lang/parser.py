@@ -18,10 +18,10 @@ from lark.exceptions import (
 
 from l2lang.errors import L2Error, Span, StrategySyntaxError
 from l2lang.lang import ir
+from l2lang.lang.limits import MAX_DEPTH, MAX_FILE_BYTES
 from l2lang.resources import grammar_text
 
-MAX_FILE_BYTES = 1 << 20
-MAX_DEPTH = 64
+MAX_INTEGER = 10**15
 
 ACTION_WORDS = {"recurse", "steer", "suppress", "store", "mark"}
 
@@ -239,14 +239,20 @@ def _string(token: Token) -> str:
 def _number(token: Token) -> int | float:
     text = str(token)
     if "." not in text and "e" not in text.lower():
-        value: int | float = int(text)
-        if value > 10**15:
-            raise StrategySyntaxError.one(f"number {text} is too large", _token_span(token))
-        return value
+        # compare digit counts first: `int()` of a literal of thousands of digits is refused by Python
+        if len(text.lstrip("0")) > len(str(MAX_INTEGER)) or int(text) > MAX_INTEGER:
+            raise StrategySyntaxError.one(f"number {_shorten(text)} is too large (integers are at most 1e15)",
+                                          _token_span(token))
+        return int(text)
     value = float(text)
     if value != value or value in (float("inf"), float("-inf")) or abs(value) > 1e300:
-        raise StrategySyntaxError.one(f"number {text} is too large", _token_span(token))
+        raise StrategySyntaxError.one(f"number {_shorten(text)} is too large (at most 1e300)", _token_span(token))
     return value
+
+
+def _shorten(text: str, keep: int = 24) -> str:
+    """A long literal as its first and last digits, for a message."""
+    return text if len(text) <= keep else f"{text[:keep // 2]}…{text[-keep // 2:]} ({len(text)} characters)"
 
 
 def _pairs(items: list) -> Iterator[tuple]:
