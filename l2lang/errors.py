@@ -18,6 +18,7 @@ A warning is a `Diagnostic` with severity "warning"; it is reported, never raise
 from __future__ import annotations
 
 import functools
+import unicodedata
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict
@@ -55,7 +56,7 @@ class Diagnostic:
     severity: str = "error"
 
     def render(self) -> str:
-        message, hint = _cut(self.message), _cut(self.hint) if self.hint else None
+        message, hint = _printable(_cut(self.message)), _printable(_cut(self.hint)) if self.hint else None
         if self.span is None:
             out = [f"{self.path}: {self.severity}: {message}"]
             return "\n".join(out + ([f"  hint: {hint}"] if hint else []))
@@ -64,7 +65,7 @@ class Diagnostic:
         if self.span and self.source is not None:
             lines = _lines(self.source)
             if 0 < line <= len(lines):
-                text = lines[line - 1].replace("\t", " ")
+                text = _printable(lines[line - 1].removesuffix("\r"))
                 width = 1
                 if self.span.end_line == line:
                     width = max(1, self.span.end_column - column)
@@ -75,6 +76,15 @@ class Diagnostic:
         if hint:
             out.append(f"  hint: {hint}")
         return "\n".join(out)
+
+
+def _printable(text: str) -> str:
+    """`text` safe to print on a terminal, one character per column: a tab becomes a space, control
+    and format characters (escape sequences, bidi overrides, a stray CR) become `�`."""
+    if text.isprintable():
+        return text
+    return "".join(" " if c == "\t" else "\ufffd" if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c
+                   for c in text)
 
 
 def _cut(text: str) -> str:
