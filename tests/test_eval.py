@@ -158,8 +158,9 @@ def _answers(records: list[dict]) -> dict:
 
 
 def test_eval_errors_are_clean(tmp_path: Path, capsys) -> None:
-    assert _eval(tmp_path, "--strategies", "baseline", "--n", "0") == 1
-    assert "ask for at least one item" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        _eval(tmp_path, "--strategies", "baseline", "--n", "0")
+    assert exit_.value.code == 2 and "argument --n: 0 is out of range: it must be at least 1" in capsys.readouterr().err
     assert main(["eval", "--strategies", "baseline", "--task", "reasoning_gym:nope", "--out", str(tmp_path)]) == 1
     assert "--task reasoning_gym:nope" in capsys.readouterr().err
 

@@ -57,7 +57,7 @@ def test_sampling_options_under_greedy_decoding_are_refused(model_folder: str, c
 
 def test_missing_and_corrupt_models_are_clean_errors(tmp_path: Path, capsys) -> None:
     assert main(["run", "baseline", "--model", str(tmp_path / "nowhere"), "--prompt", "x"]) == 1
-    assert "cannot load model" in capsys.readouterr().err
+    assert f"--model {tmp_path / 'nowhere'}: no such folder" in capsys.readouterr().err
     corrupt = tmp_path / "broken.gguf"
     corrupt.write_bytes(b"GGUF" + b"\x00" * 64)
     with pytest.raises(L2Error, match="cannot load model"):

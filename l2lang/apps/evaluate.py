@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,8 @@ def evaluate(backend: Backend, arms: list[Arm], task: Task, out: str | Path, *, 
     # was cut), and only its missing items are written
     pending = [(arm, number, chunk) for number, chunk in enumerate(chunks) for arm in arms if missing(arm, chunk)]
     total = sum(len(missing(arm, chunk)) for arm, _, chunk in pending)
+    if not total:
+        print(f"l2lang: already done: every answer is in {path}", file=sys.stderr)
     with item_progress(total, "eval") as advance, path.open("a", encoding="utf-8") as sink:
         for arm, number, chunk in pending:
             wanted = {i.id for i in missing(arm, chunk)}

@@ -8,6 +8,7 @@ from pathlib import Path
 from l2lang.errors import L2Error
 from l2lang.lang.compose import read_strategy_file, resolve_target
 from l2lang.lang.format import format_strategy
+from l2lang.paths import exists
 
 
 def add_parser(commands) -> None:
@@ -20,7 +21,7 @@ def add_parser(commands) -> None:
 def run(args) -> int:
     status = 0
     for file in args.files:
-        path = resolve_target(file, None) if not Path(file).exists() else Path(file)
+        path = resolve_target(file, None) if not exists(file) else Path(file)
         if path is None:
             raise L2Error.one(f"no such file: {file}", path=file)
         source, strategy = read_strategy_file(path)

@@ -16,6 +16,7 @@ from l2lang.lang import ir
 from l2lang.lang.format import expr as format_expr
 from l2lang.lang.limits import MAX_PROGRAM_BYTES, MAX_UNITS, MAX_USE_DEPTH
 from l2lang.lang.parser import ascii_name, decode_source, parse
+from l2lang.paths import is_file
 from l2lang.resources import shipped_strategies
 
 Value = int | float
@@ -83,7 +84,7 @@ def resolve_target(target: str, base: Path | None) -> Path | None:
         candidate = Path(target)
         if not candidate.is_absolute() and base is not None:
             candidate = base / candidate
-        return candidate if candidate.is_file() else None
+        return candidate if is_file(candidate) else None
     return shipped_strategies().get(target)
 
 
