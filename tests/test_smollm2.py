@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import torch
 from l2lang import load_program
 from l2lang.backends.hf.generate import encode, generate
 from l2lang.backends.hf.models import load_model
+from l2lang.cli.main import main
 from l2lang.engine.strategy import Strategy
 
 pytestmark = pytest.mark.slow
@@ -70,3 +73,13 @@ def test_recorded_runs_are_reproduced(smol) -> None:
 
     recorded = json.loads((Path(__file__).parent / "data" / "golden_smollm2.json").read_text())
     assert record_smollm2(smol.model, smol.tokenizer) == recorded
+
+
+def test_the_demo_reaches_the_answer_within_its_token_budget(smol, capsys) -> None:
+    """scripts/demo's prompt and budget, read from the script: the answer line comes before the budget ends."""
+    script = (Path(__file__).parents[1] / "scripts" / "demo").read_text()
+    prompt = re.search(r'--prompt "([^"]+)"', script).group(1)
+    budget = re.search(r"--max-new-tokens (\d+)", script).group(1)
+    assert main(["run", str(CARD), "--prompt", prompt, "--max-new-tokens", budget, "--json"]) == 0
+    (output,) = json.loads(capsys.readouterr().out)["outputs"]
+    assert re.search(r"answer is \d", output["text"], re.IGNORECASE), output["text"]

@@ -41,6 +41,8 @@ def cases() -> dict[str, dict[str, str]]:
                                                    MAX_FILE_BYTES - len(table) - 64)},
         "reductions over every layer": {"root.l2": _fill("for l in 0..L-1: if mean(norm[0..L-1]) > norm[l] mark \"x\"\n")},
         "an error on every line": {"root.l2": _fill("observe nowhere\n")},
+        "misspelt names among many declarations": {"root.l2": "".join(f"param abcd{i} = 1\n" for i in range(330)) +
+                                                   "".join(f'if norm[3] > abce{i} mark "x"\n' for i in range(330))},
         "a syntax error at the end": {"root.l2": _fill('if norm[3] > 1 mark "x"\n') + "if if\n"},
         "one long line": {"root.l2": "if norm[3] > 1 " + _fill('mark "x"; ', MAX_FILE_BYTES - 64) + 'mark "x"\n'},
         "deep expressions": {"root.l2": "".join(f"param a{i} = " + "(" * 60 + "1" + ")" * 60 + "\n"

@@ -8,6 +8,7 @@ when the plan is compiled (`l2lang.plan`).
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import PurePosixPath
@@ -16,7 +17,7 @@ from l2lang.errors import CheckError, Diagnostic, L2Error, Span
 from l2lang.lang import ir
 from l2lang.lang.compose import Program, Unit, constant
 from l2lang.lang.format import expr as show
-from l2lang.lang.limits import MAX_BANK_KEEP
+from l2lang.lang.limits import MAX_BANK_KEEP, MAX_SHOWN_ERRORS
 
 MAX_PASSES = 64
 MAX_SAMPLES = 64
@@ -61,6 +62,14 @@ class Checker:
     # -- reporting -------------------------------------------------------------------------------
     def fail(self, unit: Unit, message: str, span: Span | None, hint: str | None = None) -> None:
         self.diagnostics.append(Diagnostic(message, span, unit.path, unit.source, hint))
+
+    def nearest(self, name: str, candidates: Callable[[], list[str]]) -> str | None:
+        """The declared name closest to a mistyped one, for a hint. Only the first errors are shown,
+        so past them no suggestion is looked for (each costs a comparison with every declaration)."""
+        if len(self.diagnostics) >= MAX_SHOWN_ERRORS:
+            return None
+        near = difflib.get_close_matches(name, candidates(), n=1)
+        return near[0] if near else None
 
     def guard(self, fn, *args) -> None:
         try:
@@ -267,10 +276,9 @@ class Checker:
         decl = unit.decls.get(name)
         word = kind.__name__.lower()
         if decl is None:
-            names = [n for n, d in unit.decls.items() if isinstance(d, kind)]
-            near = difflib.get_close_matches(name, names, n=1)
+            near = self.nearest(name, lambda: [n for n, d in unit.decls.items() if isinstance(d, kind)])
             self.fail(unit, f"unknown {word} `{name}`", span,
-                      hint=f"did you mean `{near[0]}`?" if near else f"declare it: `{word} {name} = ...`"
+                      hint=f"did you mean `{near}`?" if near else f"declare it: `{word} {name} = ...`"
                       if kind is ir.Vector else f"declare it: `bank {name} keep 32`")
         elif not isinstance(decl, kind):
             self.fail(unit, f"`{name}` is a {type(decl).__name__.lower()}, not a {word}", span)
@@ -359,10 +367,9 @@ class Checker:
             raise unit.error(f"`{name}` is a layer index: use it inside `norm[...]` or a layer range", expr.span)
         decl = unit.decls.get(name)
         if decl is None:
-            candidates = sorted(unit.decls) + ["L"] + ([scope.loop_var] if scope.loop_var else [])
-            near = difflib.get_close_matches(name, candidates, n=1)
+            near = self.nearest(name, lambda: sorted(unit.decls) + ["L"] + ([scope.loop_var] if scope.loop_var else []))
             raise unit.error(f"unknown name `{name}`", expr.span,
-                             hint=f"did you mean `{near[0]}`?" if near else "declare it with `param`, "
+                             hint=f"did you mean `{near}`?" if near else "declare it with `param`, "
                              "`threshold` or `vector`")
         if isinstance(decl, ir.Param):
             return Type.NUMBER
