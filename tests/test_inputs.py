@@ -95,7 +95,8 @@ def test_the_library_refuses_bad_generation_settings(model_folder: str) -> None:
     loaded = load_model(model_folder)
     for kwargs, message in [({"seed": 2**64}, "seed must be a whole number"), ({"max_new_tokens": 0}, "max_new_tokens"),
                             ({"do_sample": True, "top_k": -1, "max_new_tokens": 2}, "top_k must be"),
-                            ({"do_sample": True, "temperature": float("inf"), "max_new_tokens": 2}, "temperature")]:
+                            ({"do_sample": True, "temperature": float("inf"), "max_new_tokens": 2}, "temperature"),
+                            ({"max_new_tokens": 10**20}, "go past the model's 256 positions")]:
         with pytest.raises(GenerationError, match=message):
             generate(loaded.model, loaded.tokenizer, load("baseline"), ["x"], **kwargs)
 

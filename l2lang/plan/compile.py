@@ -74,7 +74,7 @@ class PlanTooLarge(Exception):
     """The program expands past `MAX_PLAN_ITEMS`; carries the one error that stops compilation."""
 
     def __init__(self, error: L2Error):
-        super().__init__(error.render())
+        super().__init__(error.first.message)
         self.error = error
 
 

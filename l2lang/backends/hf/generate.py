@@ -63,6 +63,7 @@ def generate(model, tokenizer, strategy: Strategy, prompts: list[str], *, seed: 
     _check_settings(seed, generation_kwargs)
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in encode(tokenizer, prompts, chat).items()}
+    _check_context(model, batch["input_ids"].shape[1], generation_kwargs.get("max_new_tokens"))
     run = Run(strategy, model, tokenizer, seed, observe_all=observe_all, caller_selects=True)
     plan = run.plan
     kwargs = {"do_sample": False, **generation_kwargs}
@@ -113,6 +114,18 @@ def _check_settings(seed: int, kwargs: dict) -> None:
     top_k = kwargs.get("top_k")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise refuse(f"top_k must be a whole number of at least 1 (or None: every token), not {top_k!r}")
+
+
+def _check_context(model, prompt_tokens: int, new_tokens: int | None) -> None:
+    """Refuse a prompt and budget longer than the positions the model has (GPT-2's position table
+    would fail with an index error; a rotary model would run past what it was trained for)."""
+    config = getattr(model, "config", None)
+    text = getattr(config, "text_config", None) or config
+    limit = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
+    if isinstance(limit, int) and new_tokens is not None and prompt_tokens + new_tokens > limit:
+        raise GenerationError.one(f"the prompt ({prompt_tokens} tokens) and max_new_tokens ({new_tokens}) go past the "
+                                  f"model's {limit} positions", path="<generate>",
+                                  hint=f"ask for at most {max(limit - prompt_tokens, 0)} new tokens")
 
 
 def _output(tokenizer, row: torch.Tensor) -> dict:
