@@ -24,13 +24,13 @@ def whole(low: int, high: int | None = None) -> Callable[[str], int]:
     """An argparse type: a whole number from `low` (to `high`)."""
 
     def parse(text: str) -> int:
-        digits = text.strip().lstrip("+-")
-        if not digits.isdigit():
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
-        if len(digits) > 30 or not low <= int(text) <= (high if high is not None else math.inf):
+        sign, digits = (text[0], text[1:]) if text[:1] in "+-" else ("", text)
+        if not (digits.isascii() and digits.isdigit()):
+            raise argparse.ArgumentTypeError(f"{_short(text)!r} is not a whole number")
+        if len(digits) > 30 or not low <= int(sign + digits) <= (high if high is not None else math.inf):
             bound = f"from {low} to {high}" if high is not None else f"at least {low}"
             raise argparse.ArgumentTypeError(f"{_short(text)} is out of range: it must be {bound}")
-        return int(text)
+        return int(sign + digits)
 
     return parse
 
