@@ -17,9 +17,16 @@ A warning is a `Diagnostic` with severity "warning"; it is reported, never raise
 
 from __future__ import annotations
 
+import functools
+import unicodedata
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict
+
+from l2lang.lang.limits import MAX_SHOWN_ERRORS
+
+SHOWN_COLUMNS = 100  # a longer source line is shown as a window of this many columns around the caret
+SHOWN_MESSAGE = 240  # a longer message (one quoting a huge name, say) is cut in the middle
 
 
 class Span(BaseModel):
@@ -49,24 +56,60 @@ class Diagnostic:
     severity: str = "error"
 
     def render(self) -> str:
+        message, hint = _printable(_cut(self.message)), _printable(_cut(self.hint)) if self.hint else None
         if self.span is None:
-            out = [f"{self.path}: {self.severity}: {self.message}"]
-            return "\n".join(out + ([f"  hint: {self.hint}"] if self.hint else []))
+            out = [f"{self.path}: {self.severity}: {message}"]
+            return "\n".join(out + ([f"  hint: {hint}"] if hint else []))
         line, column = self.span.line, self.span.column
-        out = [f"{self.path}:{line}:{column}: {self.severity}: {self.message}"]
+        out = [f"{self.path}:{line}:{column}: {self.severity}: {message}"]
         if self.span and self.source is not None:
-            lines = self.source.split("\n")  # as the lexer counts lines
+            lines = _lines(self.source)
             if 0 < line <= len(lines):
-                text = lines[line - 1].replace("\t", " ")
+                text = _printable(lines[line - 1].removesuffix("\r"))
                 width = 1
                 if self.span.end_line == line:
                     width = max(1, self.span.end_column - column)
                 width = min(width, max(1, len(text) - column + 1))
+                text, column, width = _window(text, column, width)
                 out.append(f"  {text}")
                 out.append("  " + " " * (column - 1) + "^" * width)
-        if self.hint:
-            out.append(f"  hint: {self.hint}")
+        if hint:
+            out.append(f"  hint: {hint}")
         return "\n".join(out)
+
+
+def _printable(text: str) -> str:
+    """`text` safe to print on a terminal, one character per column: a tab becomes a space, control
+    and format characters (escape sequences, bidi overrides, a stray CR) become `�`."""
+    if text.isprintable():
+        return text
+    return "".join(" " if c == "\t" else "\ufffd" if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c
+                   for c in text)
+
+
+def _cut(text: str) -> str:
+    if len(text) <= SHOWN_MESSAGE:
+        return text
+    half = SHOWN_MESSAGE // 2
+    return f"{text[:half]} … {text[-half:]}"
+
+
+@functools.lru_cache(maxsize=8)
+def _lines(source: str) -> list[str]:
+    """The source's lines, as the lexer counts them; split once per source, not once per diagnostic."""
+    return source.split("\n")
+
+
+def _window(text: str, column: int, width: int) -> tuple[str, int, int]:
+    """At most `SHOWN_COLUMNS` columns of a long line around the caret, cut ends marked with `…`."""
+    if len(text) <= SHOWN_COLUMNS:
+        return text, column, width
+    start = max(0, min(column - 1 - SHOWN_COLUMNS // 2, len(text) - SHOWN_COLUMNS))
+    shown = text[start:start + SHOWN_COLUMNS]
+    prefix = "…" if start else ""
+    suffix = "…" if start + SHOWN_COLUMNS < len(text) else ""
+    column = column - start + len(prefix)
+    return prefix + shown + suffix, column, min(width, max(1, len(prefix) + len(shown) - column + 1))
 
 
 @dataclass
@@ -94,7 +137,12 @@ class L2Error(Exception):
         return self.diagnostics[0]
 
     def render(self) -> str:
-        return "\n".join(d.render() for d in self.diagnostics)
+        """Every diagnostic, or the first `MAX_SHOWN_ERRORS` and a count of the rest."""
+        shown = [d.render() for d in self.diagnostics[:MAX_SHOWN_ERRORS]]
+        hidden = len(self.diagnostics) - len(shown)
+        if hidden:
+            shown.append(f"... and {hidden} more error{'s' if hidden > 1 else ''}")
+        return "\n".join(shown)
 
     def __str__(self) -> str:
         return self.render()

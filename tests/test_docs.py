@@ -65,3 +65,17 @@ def test_committed_results_are_scored_under_the_current_answer_convention() -> N
         for r in records:
             assert r["convention"] == ANSWER_CONVENTION and r["extracted"] == extract_answer(r["text"]), folder
             assert r["score"] == task.score(int(r["item"]), r["extracted"]) and r["correct"] == (r["score"] >= 1.0)
+
+
+def test_the_limits_in_the_reference_are_the_codes() -> None:
+    from l2lang.lang import limits
+
+    text = " ".join((DOCS / "language.md").read_text(encoding="utf-8").split())
+    for phrase in (f"{limits.MAX_FILE_BYTES // 1024} KiB of UTF-8 text",
+                   f"{limits.MAX_PROGRAM_BYTES // 1024} KiB of source and {limits.MAX_UNITS} units",
+                   f"`use` nested at most {limits.MAX_USE_DEPTH} deep", f"nested at most {limits.MAX_DEPTH} deep",
+                   f"at most {limits.MAX_PLAN_ITEMS:,} items", f"at most {limits.MAX_LAYERS} layers",
+                   f"at most {limits.MAX_BANK_BYTES // 2**20} MiB per request", f"K whole in 1–{limits.MAX_BANK_KEEP}",
+                   f"the first {limits.MAX_SHOWN_ERRORS} are printed"):
+        assert phrase in text, phrase
+    assert "WORST_" not in text and "FUZZ_RESULT" not in text  # measured figures are filled in

@@ -35,8 +35,24 @@ def test_wilson_contains_the_estimate(successes: int, extra: int) -> None:
     n = successes + extra
     low, high = wilson(successes, n)
     assert 0 <= low <= high <= 1
-    if n:
-        assert low - 1e-12 <= successes / n <= high + 1e-12
+    if n:  # exactly: the chart's error bars are these differences, and matplotlib refuses negative ones
+        assert low <= successes / n <= high
+        assert (low == 0) == (successes == 0) and (high == 1) == (extra == 0)
+
+
+@pytest.mark.parametrize("n", [1, 3, 6, 24, 50])
+@pytest.mark.parametrize("right", ["none", "all"])
+def test_the_report_is_written_at_0_and_100_percent(n: int, right: str, tmp_path: Path) -> None:
+    from l2lang.apps.eval_report import write_report
+
+    correct = 0 if right == "none" else n
+    rows = [{"strategy": name, "n": n, "correct": correct, "accuracy": correct / n, "wilson95": wilson(correct, n),
+             "mean_tokens": 1.0, "tokens_per_s": 1.0, "interventions_per_answer": 0.0,
+             "extra_layer_passes_per_token": 0.0} for name in ("baseline", "alrr")]
+    settings = {"task": "reasoning_gym:basic_arithmetic:min_terms=2,max_terms=5", "model": "qwen2.5-coder-0.5b",
+                "seed": 0, "max_new_tokens": 256, "dtype": "float32"}
+    write_report(rows, settings, tmp_path)
+    assert "data:image/png;base64," in (tmp_path / "report.html").read_text()
 
 
 @given(st.integers(0, 60), st.integers(0, 60))
@@ -159,8 +175,9 @@ def _answers(records: list[dict]) -> dict:
 
 
 def test_eval_errors_are_clean(tmp_path: Path, capsys) -> None:
-    assert _eval(tmp_path, "--strategies", "baseline", "--n", "0") == 1
-    assert "ask for at least one item" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        _eval(tmp_path, "--strategies", "baseline", "--n", "0")
+    assert exit_.value.code == 2 and "argument --n: 0 is out of range: it must be at least 1" in capsys.readouterr().err
     assert main(["eval", "--strategies", "baseline", "--task", "reasoning_gym:nope", "--out", str(tmp_path)]) == 1
     assert "--task reasoning_gym:nope" in capsys.readouterr().err
 
@@ -170,6 +187,35 @@ def test_a_damaged_results_file_is_named_not_a_traceback(tmp_path: Path) -> None
     path.write_text('{"run": "x"}\nnot json\n')
     with pytest.raises(L2Error, match="not a results line"):
         read_records(path)
+
+
+@pytest.mark.parametrize("line", ["{}", "null", "[1, 2]", '"text"', "7", '{"run": "x", "fingerprint": "f"}',
+                                  "[" * 100_000])
+def test_results_lines_that_are_json_but_not_records_are_named(line: str, tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    good = {"run": "r", "fingerprint": "f", "item": "0", "strategy": "s", "correct": True, "tokens": 1,
+            "generated": 1, "seconds": 0.1, "interventions": 0, "extra_layer_passes": 0}
+    path.write_text(json.dumps(good) + "\n" + line + "\n")
+    with pytest.raises(L2Error, match=f"{path.name}:2: error: not a results line"):
+        read_records(path)
+    path.write_text(json.dumps(good) + "\n")
+    assert read_records(path) == [good]
+
+
+def test_a_finished_run_says_it_is_already_done(tmp_path: Path, capsys) -> None:
+    from tests.tiny_models import tiny_model, tiny_tokenizer
+
+    folder = tmp_path / "tiny"
+    tiny_model("llama", 8).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    argv = ["eval", "--model", str(folder), "--strategies", "baseline", "--task", str(DATA / "arithmetic.jsonl"),
+            "--n", "2", "--max-new-tokens", "2", "--out", f"{tmp_path / 'out'}/"]
+    assert main(argv) == 0
+    assert "already done" not in capsys.readouterr().err
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"already done: every answer is in {tmp_path / 'out' / 'results.jsonl'}" in err
+    assert "0it" not in err and "//" not in err
 
 
 def test_unknown_reference_arm_is_refused_before_any_work(tmp_path: Path, capsys) -> None:

@@ -139,3 +139,33 @@ def test_the_calibrated_example_resolves_from_its_shipped_profile() -> None:
         compile_plan(load_program(example), 24, 896, "0" * 64)
     with pytest.raises(L2Error, match="24 layers; this one has 28"):
         compile_plan(load_program(example), 28)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("vector v = contrast([\"a\"], [\"b\"]) at 3\nparam c = 2\nif norm[3] > 1 steer mix c*v\n", "here c = 2"),
+    ("vector v = contrast([\"a\"], [\"b\"]) at 3\nparam c = 0.6\nif norm[3] > 1 steer mix (c+c)*v\n", "c = 1.2"),
+    ("if chance(-0.5) mark \"x\" at 3\n", "a chance must be in [0, 1], not -0.5"),
+    ("param p = 3\nif chance(p/2) mark \"x\" at 3\n", "not 1.5"),
+    ("param n = 1\nif norm[3] > 1 suppress clamp 0 - n\n", "n must be >= 0, not -1"),
+    ("sample 2 with temperature=1, top_k=2*1e18\nselect argmax total over 3\n", "top_k must be a whole number"),
+    ("threshold t = adaptive(warmup=1e12)\nif norm[3] > t mark \"x\"\n", "adaptive warmup must be"),
+])
+def test_ranges_hold_after_constant_folding(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(L2Error, match=message.replace("[", r"\[").replace("(", r"\(")):
+        compile_plan(program_from(tmp_path, text), 8)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("vector v = contrast([\"a\"], [\"b\"]) at 3\nthreshold w = table {2: 0.5, 3: 1.5}\n"
+     "if norm[2] > 1 steer mix w*v at 2..3\n", "at layer 3 c = w = 1.5"),
+    ("threshold t = 4\nif chance(t/2) mark \"x\" at 3\n", "`t/2` is 2 (t)"),
+    ("threshold t = table {3: 4}\nif norm[3] > 1 suppress clamp 0 - t\n", "n = 0-t = -4"),
+])
+def test_values_known_only_for_a_model_are_range_checked_when_compiled_for_it(tmp_path: Path, text: str,
+                                                                            message: str) -> None:
+    program = program_from(tmp_path, text)
+    from l2lang import check_program
+
+    check_program(program)  # nothing to fold without the model's layers
+    with pytest.raises(L2Error, match=message.replace("(", r"\(").replace(")", r"\)")):
+        compile_plan(program, 8)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import sys
 import zipfile
 from pathlib import Path
 
@@ -57,7 +59,7 @@ def test_sampling_options_under_greedy_decoding_are_refused(model_folder: str, c
 
 def test_missing_and_corrupt_models_are_clean_errors(tmp_path: Path, capsys) -> None:
     assert main(["run", "baseline", "--model", str(tmp_path / "nowhere"), "--prompt", "x"]) == 1
-    assert "cannot load model" in capsys.readouterr().err
+    assert f"--model {tmp_path / 'nowhere'}: no such folder" in capsys.readouterr().err
     corrupt = tmp_path / "broken.gguf"
     corrupt.write_bytes(b"GGUF" + b"\x00" * 64)
     with pytest.raises(L2Error, match="cannot load model"):
@@ -124,6 +126,7 @@ def test_trace_writes_tables_plots_and_an_escaped_report(model_folder: str, tmp_
         assert (out / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = (out / "report.html").read_text()
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
+    assert html.count("data:image/png;base64,") == 2 and "Norm vs depth (Fig. 1)" in html
     assert main(["trace", "--observe", "--model", model_folder, "--prompt", "x", "--out", str(out / "o")]) == 0
 
 
@@ -149,3 +152,36 @@ def test_calibrate_on_a_seeded_reasoning_gym_task(model_folder: str, tmp_path: P
     assert main(["calibrate", "--model", model_folder, "--task", "reasoning_gym:no_such_task", "--out",
                  str(out)]) == 1
     assert "--task reasoning_gym:no_such_task" in capsys.readouterr().err
+
+
+def test_trace_draws_states_that_overflowed(model_folder: str, tmp_path: Path, capsys) -> None:
+    """Whatever a strategy does to the states (here: scale them by 1e300), the trace is written."""
+    strategy = tmp_path / "boom.l2"
+    strategy.write_text("if norm[3] > 0 suppress scale 1e300 at 3\n")
+    out = tmp_path / "trace"
+    assert main(["trace", str(strategy), "--model", model_folder, "--prompt", "hello", "--max-new-tokens", "4",
+                 "--out", str(out)]) == 0
+    for line in (out / "norms.jsonl").read_text().splitlines():
+        assert all(v is None or math.isfinite(v) for v in json.loads(line)["norms"])  # valid JSON: no NaN
+
+
+def test_the_heatmap_and_tables_take_non_finite_norms(tmp_path: Path) -> None:
+    from l2lang.apps.trace import _heatmap, _write_tables
+
+    rows = [{"request": 0, "phase": "decode", "step": step, "token": "x", "marks": [],
+             "norms": [1.0, 2.0, float("inf"), float("nan")]} for step in range(3)]
+    _write_tables(rows, tmp_path, 4)
+    assert json.loads((tmp_path / "norms.jsonl").read_text().splitlines()[0])["norms"] == [1.0, 2.0, None, None]
+    assert "inf,nan" in (tmp_path / "norms.csv").read_text()
+    png = _heatmap(rows, None, {0: 1.5, 1: 1.5}, tmp_path / "heatmap.png")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    for row in rows:
+        row["norms"] = [float("nan")] * 4
+    assert _heatmap(rows, None, {}, tmp_path / "empty.png")[:4] == b"\x89PNG"
+
+
+def test_run_says_what_it_is_doing_on_a_terminal(model_folder: str, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert main(["run", "baseline", "--model", model_folder, "--prompt", "x", "--max-new-tokens", "2"]) == 0
+    err = capsys.readouterr().err
+    assert f"l2lang: loading {model_folder} ..." in err and "l2lang: generating up to 2 tokens for 1 prompt(s)" in err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import torch
 from l2lang import load_program
 from l2lang.backends.hf.generate import encode, generate
 from l2lang.backends.hf.models import load_model
+from l2lang.cli.main import main
 from l2lang.engine.strategy import Strategy
 
 pytestmark = pytest.mark.slow
@@ -83,3 +86,13 @@ def test_the_example_bundle_runs_as_its_file_on_smollm2(smol) -> None:
         assert [o["token_ids"] for o in from_bundle.outputs] == [o["token_ids"] for o in from_file.outputs]
         assert from_bundle.report.interventions == from_file.report.interventions
         assert from_bundle.plan.vectors["v_reason"].path.endswith("card.l2b!derived/v_reason.safetensors")
+
+
+def test_the_demo_reaches_the_answer_within_its_token_budget(smol, capsys) -> None:
+    """scripts/demo's prompt and budget, read from the script: the answer line comes before the budget ends."""
+    script = (Path(__file__).parents[1] / "scripts" / "demo").read_text()
+    prompt = re.search(r'--prompt "([^"]+)"', script).group(1)
+    budget = re.search(r"--max-new-tokens (\d+)", script).group(1)
+    assert main(["run", str(CARD), "--prompt", prompt, "--max-new-tokens", budget, "--json"]) == 0
+    (output,) = json.loads(capsys.readouterr().out)["outputs"]
+    assert re.search(r"answer is \d", output["text"], re.IGNORECASE), output["text"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import textwrap
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -35,15 +36,16 @@ def _bar_chart(rows: list[dict], settings: dict) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(1.2 + 1.1 * len(rows), 3.6))
+    width = max(4.8, 1.2 + 1.1 * len(rows))
+    figure, axis = plt.subplots(figsize=(width, 3.6))
     accuracy = [100 * r["accuracy"] for r in rows]
-    errors = [[100 * (r["accuracy"] - r["wilson95"][0]) for r in rows],
-              [100 * (r["wilson95"][1] - r["accuracy"]) for r in rows]]
+    errors = [[max(0.0, 100 * (r["accuracy"] - r["wilson95"][0])) for r in rows],  # never below 0: matplotlib
+              [max(0.0, 100 * (r["wilson95"][1] - r["accuracy"])) for r in rows]]  # refuses negative error bars
     axis.bar(range(len(rows)), accuracy, yerr=errors, capsize=4, color="#4a7ab5")
     axis.set_xticks(range(len(rows)), [r["strategy"] for r in rows], rotation=30, ha="right", fontsize=8)
     axis.set_ylabel("accuracy, % (95 % Wilson)")
     axis.set_ylim(0, 100)
-    axis.set_title(_caption(settings), fontsize=9)
+    axis.set_title(textwrap.fill(_caption(settings), width=int(width * 12)), fontsize=9)  # ~12 characters an inch
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,11 +84,29 @@ def read_records(path: Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except ValueError:
-            raise L2Error.one("not a results line; move the file away to start afresh",
-                              path=f"{path}:{number}") from None
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            record = None
+        if not _is_record(record):
+            raise L2Error.one("not a results line (a JSON object with the fields l2lang writes); move the file away "
+                              "to start afresh", path=f"{path}:{number}")
+        records.append(record)
     return records
+
+
+RECORD_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "run": str, "fingerprint": str, "item": str, "strategy": str, "correct": bool, "tokens": int, "generated": int,
+    "seconds": (int, float), "interventions": int, "extra_layer_passes": (int, float)}
+
+
+def _is_record(value: object) -> bool:
+    """A results line as `evaluate` writes it: the fields the summary reads, of the right types."""
+    if not isinstance(value, dict):
+        return False
+    for key, kind in RECORD_FIELDS.items():
+        if not isinstance(value.get(key), kind) or (kind is int and isinstance(value[key], bool)):
+            return False
+    return True
 
 
 def evaluate(backend: Backend, arms: list[Arm], task: Task, out: str | Path, *, seed: int = 0, max_new_tokens: int = 256,
@@ -115,6 +134,8 @@ def evaluate(backend: Backend, arms: list[Arm], task: Task, out: str | Path, *, 
     # was cut), and only its missing items are written
     pending = [(arm, number, chunk) for number, chunk in enumerate(chunks) for arm in arms if missing(arm, chunk)]
     total = sum(len(missing(arm, chunk)) for arm, _, chunk in pending)
+    if not total:
+        print(f"l2lang: already done: every answer is in {path}", file=sys.stderr)
     with item_progress(total, "eval") as advance, path.open("a", encoding="utf-8") as sink:
         for arm, number, chunk in pending:
             wanted = {i.id for i in missing(arm, chunk)}

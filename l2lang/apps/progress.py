@@ -21,7 +21,11 @@ def progress(items: Iterable, total: int, description: str) -> Iterable:
 
 @contextmanager
 def item_progress(total: int, description: str) -> Iterator[Callable[[int], object]]:
-    """For long jobs: a bar with rate and ETA on a terminal, a line every 30 s into a log; yields `advance(n)`."""
+    """For long jobs: a bar with rate and ETA on a terminal, a line every 30 s into a log; yields `advance(n)`.
+    Nothing is shown when there is nothing to do (`total` 0)."""
+    if total == 0:
+        yield lambda n: None
+        return
     from tqdm import tqdm
 
     terminal = _on_terminal()

@@ -8,13 +8,19 @@ Z95 = 1.959963984540054
 
 
 def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of a proportion (95 % by default); (0, 1) when n = 0."""
+    """The Wilson score interval of a proportion (95 % by default); (0, 1) when n = 0.
+
+    The interval always holds the estimate: exactly 0 below at 0 successes and exactly 1 above at n
+    (in floating point `centre - half` comes out as ±5e-17 there).
+    """
     if n == 0:
         return 0.0, 1.0
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low = 0.0 if successes == 0 else min(p, max(0.0, centre - half))
+    high = 1.0 if successes == n else max(p, min(1.0, centre + half))
+    return low, high
 
 
 def mcnemar_exact(b: int, c: int) -> float:

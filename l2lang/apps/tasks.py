@@ -11,6 +11,7 @@ Every prompt is the question followed by `INSTRUCTION`; `extract_answer` (l2lang
 
 from __future__ import annotations
 
+import difflib
 import json
 import random
 from dataclasses import dataclass, field
@@ -113,9 +114,16 @@ def _reasoning_gym(spec: str, n: int, seed: int) -> Task:
     except ImportError:
         raise L2Error.one("reasoning-gym tasks need the reasoning-gym package: pip install 'l2lang[tasks]'",
                           path="<command line>") from None
+    from reasoning_gym.factory import DATASETS
+
+    if name not in DATASETS:
+        near = difflib.get_close_matches(name, sorted(DATASETS), n=5, cutoff=0.5)
+        raise L2Error.one(f"--task {spec}: reasoning-gym has no task {name!r}", path="<command line>",
+                          hint=f"did you mean {', '.join(near)}?" if near else
+                          f"its {len(DATASETS)} tasks include {', '.join(sorted(DATASETS)[:8])}, ...")
     try:
         dataset = reasoning_gym.create_dataset(name, size=n, seed=seed, **config)
-    except Exception as exc:  # reasoning-gym raises ValueError/TypeError/KeyError for unknown names and keys
+    except Exception as exc:  # reasoning-gym raises ValueError/TypeError/KeyError for bad config keys
         raise L2Error.one(f"--task {spec}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
                           path="<command line>") from None
     entries = list(dataset)
@@ -134,23 +142,28 @@ def _bigbench_examples(path: Path) -> list[tuple[str, tuple[str, ...]]]:
     """(question, accepted answers) from a BIG-bench task.json; options listed for multiple choice."""
     try:
         examples = json.loads(_read_text(path))["examples"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError):
         raise L2Error.one('not a BIG-bench task.json: expected an object with "examples"', path=str(path)) from None
+    if not isinstance(examples, list):
+        raise L2Error.one(f'"examples" must be a list of objects, not {_kind(examples)}', path=str(path))
     out = []
     for number, example in enumerate(examples):
-        try:
-            question = str(example["input"])
-            if example.get("target_scores"):
-                scores = {str(k): float(v) for k, v in example["target_scores"].items()}
-                best = max(scores.values())
-                question += "\nOptions: " + "; ".join(scores)
-                answers = tuple(k for k, v in scores.items() if v == best)
-            else:
-                target = example["target"]
-                answers = tuple(str(t) for t in (target if isinstance(target, list) else [target]))
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise L2Error.one(f'example {number} needs "input" and "target" or "target_scores"',
-                              path=str(path)) from None
+        wrong = L2Error.one(f'example {number} needs a text "input" and a "target" (text, number or list of them) '
+                            'or "target_scores" (an object of option: score)', path=str(path))
+        if not isinstance(example, dict) or not isinstance(example.get("input"), str):
+            raise wrong
+        question = example["input"]
+        if example.get("target_scores"):
+            scores = example["target_scores"]
+            if not isinstance(scores, dict) or not all(_is_number(v) for v in scores.values()):
+                raise wrong
+            best = max(scores.values())
+            question += "\nOptions: " + "; ".join(scores)
+            answers = tuple(k for k, v in scores.items() if v == best)
+        else:
+            answers = _answers(example.get("target"))
+            if not answers:
+                raise wrong
         out.append((question, answers))
     if not out:
         raise L2Error.one("the task has no examples", path=str(path))
@@ -164,15 +177,32 @@ def _jsonl_examples(path: Path) -> list[tuple[str, tuple[str, ...]]]:
             continue
         try:
             item = json.loads(line)
-            answer = item["answer"]
-            answers = answer if isinstance(answer, list) else [answer]
-            out.append((str(item["question"]), tuple(str(a) for a in answers)))
-        except (ValueError, KeyError, TypeError):
-            raise L2Error.one('each line must be a JSON object with "question" and "answer"',
-                              path=f"{path}:{number}") from None
+        except (ValueError, RecursionError):
+            item = None
+        answers = _answers(item.get("answer")) if isinstance(item, dict) else ()
+        if not isinstance(item, dict) or not isinstance(item.get("question"), str) or not answers:
+            raise L2Error.one('each line must be a JSON object with a text "question" and an "answer" (text, number '
+                              'or a list of them)', path=f"{path}:{number}")
+        out.append((item["question"], answers))
     if not out:
         raise L2Error.one("no items in the file", path=str(path))
     return out
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _answers(value) -> tuple[str, ...]:
+    """Accepted answers from a JSON value: a text or a number, or a non-empty list of them; () otherwise."""
+    values = value if isinstance(value, list) else [value]
+    if not values or not all(isinstance(v, str) or _is_number(v) for v in values):
+        return ()
+    return tuple(str(v) for v in values)
+
+
+def _kind(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string"}.get(type(value), type(value).__name__)
 
 
 def matches(extracted: str, answers: tuple[str, ...]) -> bool:

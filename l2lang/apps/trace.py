@@ -3,8 +3,11 @@
 Writes to a folder: `norms.jsonl` and `norms.csv` (one row per token: its phase, step and the norm
 after every layer), `heatmap.png` (layers × tokens, with the threshold contour and the intervention
 marks), `report.html` (self-contained; each token coloured by its late-layer norm, interventions
-marked; generated text is escaped) and `fig1.png` (mean norm per layer of a step-by-step answer vs a
-direct answer to the first prompt, as in Fig. 1 of the paper).
+marked; generated text is escaped; both figures) and `fig1.png` (mean norm per layer of a step-by-step
+answer vs a direct answer to the first prompt, as in Fig. 1 of the paper).
+
+A norm that is not finite (a state that overflowed) is written as `null` in norms.jsonl, `inf` or `nan`
+in norms.csv, drawn grey in the heatmap and left out of the means and colours.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import base64
 import csv
 import io
 import json
+import math
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -41,8 +45,8 @@ def trace(backend: Backend, program: Program, prompts: list[str], out: str | Pat
     _write_tables(rows, folder, result.plan.layers)
     thresholds = _threshold_by_layer(result.plan)
     heatmap = _heatmap(rows, result, thresholds, folder / "heatmap.png")
-    _fig1(backend, prompts[0], folder / "fig1.png", max_new_tokens, chat, seed)
-    _report(rows, result, prompts, heatmap, folder / "report.html")
+    fig1 = _fig1(backend, prompts[0], folder / "fig1.png", max_new_tokens, chat, seed)
+    _report(rows, result, prompts, heatmap, fig1, folder / "report.html")
     return {"tokens": len(rows), "requests": len(prompts), "folder": str(folder),
             "interventions": result.report.interventions}
 
@@ -71,7 +75,8 @@ def token_rows(result: Generation, backend: Backend) -> list[dict]:
 def _write_tables(rows: list[dict], folder: Path, layers: int) -> None:
     with open(folder / "norms.jsonl", "w", encoding="utf-8") as handle:
         for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            finite = [v if math.isfinite(v) else None for v in row["norms"]]  # JSON has no inf or nan
+            handle.write(json.dumps({**row, "norms": finite}, ensure_ascii=False) + "\n")
     with open(folder / "norms.csv", "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["request", "phase", "step", "token", "marks"] + [f"layer_{i}" for i in range(layers)])
@@ -99,19 +104,27 @@ def _heatmap(rows: list[dict], result, thresholds: dict[int, float], path: Path)
         mine = [row for row in rows if row["request"] == request and row["phase"] == "decode"]
         if not mine:
             continue
-        grid = np.array([row["norms"] for row in mine]).T  # layers x tokens
-        image = axis.imshow(grid, aspect="auto", origin="lower", cmap="magma",  # log: massive activations
-                            norm=LogNorm(vmin=max(float(grid.min()), 1e-3), vmax=float(grid.max())))
+        grid = np.ma.masked_invalid(np.array([row["norms"] for row in mine]).T)  # layers x tokens
+        if grid.count() == 0:
+            axis.set_title(f"request {request}: no finite norm to draw", fontsize=9)
+            continue
+        colours = plt.get_cmap("magma").with_extremes(bad="#999999")  # grey: not finite
+        low, high = max(float(grid.min()), 1e-3), max(float(grid.max()), 2e-3)
+        image = axis.imshow(grid, aspect="auto", origin="lower", cmap=colours,  # log: massive activations
+                            norm=LogNorm(vmin=min(low, high / 2), vmax=high))
         figure.colorbar(image, ax=axis, label="norm")
         if thresholds and grid.shape[1] >= 2:  # a contour needs two tokens at least
             tau = np.array([thresholds.get(layer, np.nan) for layer in range(grid.shape[0])])[:, None]
-            axis.contour(grid - tau, levels=[0.0], colors="cyan", linewidths=0.8)
+            above = np.ma.masked_invalid(grid - tau)
+            if above.count() and above.min() < 0 < above.max():
+                axis.contour(above, levels=[0.0], colors="cyan", linewidths=0.8)
         for x, row in enumerate(mine):
             for mark in row["marks"]:
                 axis.plot(x, int(mark.rsplit("@", 1)[1]), marker="x", color="lime", markersize=5)
         axis.set_ylabel("layer")
+        grey = "; grey: not finite" if np.ma.count_masked(grid) else ""
         axis.set_title(f"request {request}: norm after each layer, per generated token "
-                       "(cyan: threshold; x: interventions)", fontsize=9)
+                       f"(cyan: threshold; x: interventions{grey})", fontsize=9)
     axes[-1, 0].set_xlabel("generated token")
     figure.tight_layout()
     buffer = io.BytesIO()
@@ -121,40 +134,50 @@ def _heatmap(rows: list[dict], result, thresholds: dict[int, float], path: Path)
     return buffer.getvalue()
 
 
-def _fig1(backend: Backend, prompt: str, path: Path, max_new_tokens: int, chat: bool | None, seed: int) -> None:
+def _fig1(backend: Backend, prompt: str, path: Path, max_new_tokens: int, chat: bool | None, seed: int) -> bytes:
     import matplotlib.pyplot as plt
+    import torch
 
     figure, axis = plt.subplots(figsize=(6, 4))
     for suffix, label in ((STEP_BY_STEP, "step-by-step answer"), (DIRECT, "direct answer")):
         result = backend.generate(Strategy(observe_only()), [prompt + suffix], seed=seed, chat=chat,
                                   max_new_tokens=max_new_tokens)
         mine = request_rows(result.records, result.uids)[result.uids[0]]
-        decode = mine.norms[[i for i, phase in enumerate(mine.phases) if phase == "decode"]]
+        decode = mine.norms[[i for i, phase in enumerate(mine.phases) if phase == "decode"]].double()
         if not len(decode):
             continue
-        means = decode.mean(dim=0).tolist()
+        finite = torch.isfinite(decode)
+        means = (torch.where(finite, decode, 0).sum(dim=0) / finite.sum(dim=0)).tolist()  # nan: none finite
         axis.plot(range(len(means)), means, marker="o", markersize=3, label=f"{label} ({len(decode)} tokens)")
     axis.set_xlabel("layer")
     axis.set_ylabel("mean norm over generated tokens")
     axis.set_title(f"{backend.model_id}: norm vs depth", fontsize=10)
-    axis.legend()
+    if axis.lines:
+        axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
     plt.close(figure)
+    path.write_bytes(buffer.getvalue())
+    return buffer.getvalue()
 
 
-def _report(rows: list[dict], result, prompts: list[str], heatmap: bytes, path: Path) -> None:
+def _report(rows: list[dict], result, prompts: list[str], heatmap: bytes, fig1: bytes, path: Path) -> None:
     plan = result.plan
     late = list(range(plan.layers - plan.layers // 4, plan.layers - 1)) or [plan.layers - 1]
     decode = [row for row in rows if row["phase"] == "decode"]
     scores = [sum(row["norms"][layer] for layer in late) / len(late) for row in decode]
-    low, high = (min(scores), max(scores)) if scores else (0.0, 1.0)
+    finite = [s for s in scores if math.isfinite(s)]
+    low, high = (min(finite), max(finite)) if finite else (0.0, 1.0)
     for row, score in zip(decode, scores):
-        row["heat"] = (score - low) / (high - low) if high > low else 0.5
-        row["late_norm"] = round(score, 2)
+        if math.isfinite(score):
+            row["heat"] = (score - low) / (high - low) if high > low else 0.5
+            row["late_norm"] = round(score, 2)
+        else:  # drawn at full colour; the hover says what it was
+            row["heat"], row["late_norm"] = 1.0, f"{score} (not finite)"
     environment = Environment(loader=PackageLoader("l2lang", "templates"), autoescape=select_autoescape(["html"]))
     html = environment.get_template("report.html").render(
         plan=plan, prompts=prompts, requests=[[r for r in decode if r["request"] == i] for i in range(len(prompts))],
         late=f"{late[0]}..{late[-1]}", interventions=result.report.interventions,
-        heatmap=base64.b64encode(heatmap).decode())
+        heatmap=base64.b64encode(heatmap).decode(), fig1=base64.b64encode(fig1).decode())
     path.write_text(html, encoding="utf-8")

@@ -2,11 +2,14 @@
 
 Each command is a module of this package with `add_parser(commands)` and `run(args)`; commands that
 load a model import torch and transformers only when they run, so `check` and `fmt` stay fast.
+Ctrl-C exits 130 with one line; a reader that goes away (`l2lang check ... | head`) ends the command
+quietly (exit 141, as a process killed by SIGPIPE). `--debug` shows the Python traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from l2lang.cli import (
@@ -40,6 +43,25 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print("error: input is nested too deeply to process", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("l2lang: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        if args.debug:
+            raise
+        _drop_stdout()
+        return 141
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit does not fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a file descriptor (captured, closed)
+        pass
 
 
 def build_parser() -> argparse.ArgumentParser:

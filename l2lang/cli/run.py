@@ -10,13 +10,18 @@ from importlib.metadata import version
 from l2lang.cli.options import (
     allow_other_model_option,
     chat_option,
+    model_name,
     model_option,
+    number,
     open_model,
     parse_sets,
     prompt_options,
     read_prompts,
+    say,
     seed_option,
     set_option,
+    tokens_option,
+    whole,
 )
 from l2lang.errors import L2Error
 
@@ -26,10 +31,10 @@ def add_parser(commands) -> None:
     parser.add_argument("strategy", metavar="STRATEGY", help="shipped name, .l2 file or bundle (.l2b)")
     model_option(parser)
     prompt_options(parser)
-    parser.add_argument("--max-new-tokens", type=int, default=64, metavar="N")
-    parser.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0: greedy (default)")
-    parser.add_argument("--top-p", type=float, default=None, metavar="P")
-    parser.add_argument("--top-k", type=int, default=None, metavar="K")
+    tokens_option(parser, 64)
+    parser.add_argument("--temperature", type=number(0), default=0.0, metavar="T", help="0: greedy (default)")
+    parser.add_argument("--top-p", type=number(0, 1, above=True), default=None, metavar="P", help="in (0, 1]")
+    parser.add_argument("--top-k", type=whole(0), default=None, metavar="K", help="0: every token")
     seed_option(parser)
     chat_option(parser)
     parser.add_argument("--json", action="store_true", help="print outputs and manifest as one JSON object")
@@ -51,6 +56,7 @@ def sampling_options(args: argparse.Namespace):
 
 
 def run(args) -> int:
+    model_name(args)  # a wrong --model fails before anything loads
     from l2lang.engine.strategy import Strategy
     from l2lang.lang.compose import load_program
 
@@ -58,6 +64,7 @@ def run(args) -> int:
     prompts = read_prompts(args)
     sampling = sampling_options(args)
     backend = open_model(args)  # torch and the backend load only here
+    say(f"generating up to {args.max_new_tokens} tokens for {len(prompts)} prompt(s) ...")
     result = backend.generate(strategy, prompts, seed=args.seed, chat=args.chat, max_new_tokens=args.max_new_tokens,
                               sampling=sampling)
     plan = result.plan

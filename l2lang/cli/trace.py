@@ -7,13 +7,16 @@ import argparse
 from l2lang.cli.options import (
     allow_other_model_option,
     chat_option,
+    model_name,
     model_option,
     open_model,
+    output_folder,
     parse_sets,
     prompt_options,
     read_prompts,
     seed_option,
     set_option,
+    tokens_option,
 )
 from l2lang.errors import L2Error
 
@@ -26,7 +29,7 @@ def add_parser(commands) -> None:
     model_option(parser)
     prompt_options(parser)
     parser.add_argument("--out", required=True, metavar="DIR")
-    parser.add_argument("--max-new-tokens", type=int, default=64, metavar="N")
+    tokens_option(parser, 64)
     seed_option(parser)
     chat_option(parser)
     set_option(parser)
@@ -35,6 +38,7 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    model_name(args)  # a wrong --model fails before anything loads
     from l2lang.apps.trace import trace  # torch loads only here
     from l2lang.engine.strategy import observe_only
     from l2lang.lang.compose import load_program
@@ -45,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         raise L2Error.one("trace follows one answer per prompt; `sample` strategies are listed by `run --json`",
                           path=str(args.strategy))
     prompts = read_prompts(args)
-    summary = trace(open_model(args), program, prompts, args.out, max_new_tokens=args.max_new_tokens, chat=args.chat,
+    folder = output_folder(args.out)
+    summary = trace(open_model(args), program, prompts, folder, max_new_tokens=args.max_new_tokens, chat=args.chat,
                     seed=args.seed)
     fired = ", ".join(f"{k}: {v}" for k, v in summary["interventions"].items() if v) or "nowhere"
     print(f"{summary['folder']}: {summary['tokens']} tokens traced for {summary['requests']} prompt(s); "

@@ -8,6 +8,7 @@ when the plan is compiled (`l2lang.plan`).
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import PurePosixPath
@@ -16,10 +17,12 @@ from l2lang.errors import CheckError, Diagnostic, L2Error, Span
 from l2lang.lang import ir
 from l2lang.lang.compose import Program, Unit, constant
 from l2lang.lang.format import expr as show
+from l2lang.lang.limits import MAX_BANK_KEEP, MAX_SHOWN_ERRORS
 
 MAX_PASSES = 64
 MAX_SAMPLES = 64
-MAX_BANK = 100_000
+MAX_TOP_K = 1_000_000
+MAX_WARMUP = 10**9
 
 ADAPTIVE_OPTIONS = {"k": 1.5, "warmup": 500, "scope": "request", "sample": "token", "iqr_floor": 1e-3}
 CALIBRATED_OPTIONS = {"q"}
@@ -60,6 +63,14 @@ class Checker:
     def fail(self, unit: Unit, message: str, span: Span | None, hint: str | None = None) -> None:
         self.diagnostics.append(Diagnostic(message, span, unit.path, unit.source, hint))
 
+    def nearest(self, name: str, candidates: Callable[[], list[str]]) -> str | None:
+        """The declared name closest to a mistyped one, for a hint. Only the first errors are shown,
+        so past them no suggestion is looked for (each costs a comparison with every declaration)."""
+        if len(self.diagnostics) >= MAX_SHOWN_ERRORS:
+            return None
+        near = difflib.get_close_matches(name, candidates(), n=1)
+        return near[0] if near else None
+
     def guard(self, fn, *args) -> None:
         try:
             fn(*args)
@@ -87,9 +98,12 @@ class Checker:
             case ir.Vector(source=ir.ContrastSource(positive=pos, negative=neg, layer=layer)):
                 if not pos or not neg:
                     self.fail(unit, "`contrast` needs at least one prompt on each side", stmt.span)
+                if any(not text.strip() for text in pos + neg):
+                    self.fail(unit, "a `contrast` prompt is empty: its state would say nothing about the text",
+                              stmt.span, hint="write the text whose state the vector should point towards")
                 self.layer_expr(Scope(unit, Where.LAYER), layer)
             case ir.Bank(capacity=capacity):
-                self.integer(unit, capacity, "bank capacity", 1, MAX_BANK)
+                self.integer(unit, capacity, "bank capacity", 1, MAX_BANK_KEEP)
             case ir.Observe(layers=layers):
                 self.layers(Scope(unit, Where.LAYER), layers)
             case ir.Rule():
@@ -108,8 +122,10 @@ class Checker:
                     self.fail(unit, "`sample` needs temperature > 0 (sampling, not greedy decoding)", stmt.span)
                 if not 0 < values.get("top_p", 1.0) <= 1:
                     self.fail(unit, "top_p must be in (0, 1]", stmt.span)
-                if values.get("top_k", 0) < 0 or not float(values.get("top_k", 0)).is_integer():
-                    self.fail(unit, "top_k must be a whole number >= 0", stmt.span)
+                top_k = values.get("top_k", 0)
+                if not float(top_k).is_integer() or not 0 <= top_k <= MAX_TOP_K:
+                    self.fail(unit, f"top_k must be a whole number from 0 to {MAX_TOP_K}, not {top_k:g}", stmt.span,
+                              hint="0 keeps every token")
             case ir.Select(metric=metric, layers=layers):
                 self.metric(unit, metric)
                 self.layers(Scope(unit, Where.LAYER), layers)
@@ -133,9 +149,9 @@ class Checker:
                 if values["sample"] == "batch" and values["scope"] != "shared":
                     self.fail(unit, "adaptive sample=batch feeds one estimator from the whole batch: "
                               "it needs scope=shared", stmt.span)
-                if not float(values["warmup"]).is_integer() or values["warmup"] < 5:
-                    self.fail(unit, "adaptive warmup must be a whole number of at least 5 steps "
-                              "(the P² estimator needs 5 samples)", stmt.span)
+                if not float(values["warmup"]).is_integer() or not 5 <= values["warmup"] <= MAX_WARMUP:
+                    self.fail(unit, f"adaptive warmup must be a whole number of steps from 5 (the P² estimator "
+                              f"needs 5 samples) to {MAX_WARMUP:.0e}, not {values['warmup']:g}", stmt.span)
             case ir.CalibratedSource(profile=profile, options=options):
                 self.relative_path(unit, profile, ".json", stmt.span)
                 self.options(unit, options, CALIBRATED_OPTIONS, "calibrated")
@@ -233,11 +249,16 @@ class Checker:
                 self.expect(act_scope, coefficient, Type.NUMBER, "a steering strength")
                 self.no_adaptive(unit, coefficient, "a steering strength")
                 self.vector_atom(act_scope, vector)
-                if mode == "mix" and isinstance(coefficient, ir.Num) and not 0 <= coefficient.value <= 1:
-                    self.fail(unit, "`steer mix c*v` needs c in [0, 1] (a convex mix)", amount.span)
+                weight = folded(coefficient, unit)
+                if mode == "mix" and weight is not None and not 0 <= weight <= 1:
+                    self.fail(unit, f"`steer mix c*v` needs c in [0, 1] (a convex mix); here c = {weight:g}",
+                              amount.span)
             case ir.Suppress(mode=mode, value=value):
                 self.expect(act_scope, value, Type.NUMBER, f"`suppress {mode}`")
                 self.no_adaptive(unit, value, "`suppress`")
+                bound = folded(value, unit)
+                if mode == "clamp" and bound is not None and bound < 0:
+                    self.fail(unit, f"`suppress clamp n` bounds the norm: n must be >= 0, not {bound:g}", value.span)
             case ir.Store(bank=bank):
                 self.declared(unit, bank, ir.Bank, action.span)
 
@@ -255,10 +276,9 @@ class Checker:
         decl = unit.decls.get(name)
         word = kind.__name__.lower()
         if decl is None:
-            names = [n for n, d in unit.decls.items() if isinstance(d, kind)]
-            near = difflib.get_close_matches(name, names, n=1)
+            near = self.nearest(name, lambda: [n for n, d in unit.decls.items() if isinstance(d, kind)])
             self.fail(unit, f"unknown {word} `{name}`", span,
-                      hint=f"did you mean `{near[0]}`?" if near else f"declare it: `{word} {name} = ...`"
+                      hint=f"did you mean `{near}`?" if near else f"declare it: `{word} {name} = ...`"
                       if kind is ir.Vector else f"declare it: `bank {name} keep 32`")
         elif not isinstance(decl, kind):
             self.fail(unit, f"`{name}` is a {type(decl).__name__.lower()}, not a {word}", span)
@@ -331,8 +351,9 @@ class Checker:
                 if scope.where is not Where.CONDITION:
                     raise unit.error("`chance` belongs in a rule's condition", expr.span)
                 self.expect(scope, p, Type.NUMBER, "a chance")
-                if isinstance(p, ir.Num) and not 0 <= p.value <= 1:
-                    self.fail(unit, "a chance must be in [0, 1]", p.span)
+                probability = folded(p, unit)
+                if probability is not None and not 0 <= probability <= 1:
+                    self.fail(unit, f"a chance must be in [0, 1], not {probability:g}", p.span)
                 return Type.BOOL
             case ir.Retrieve():
                 raise unit.error("`retrieve(...)` gives a vector: use it in `steer`", expr.span)
@@ -346,10 +367,9 @@ class Checker:
             raise unit.error(f"`{name}` is a layer index: use it inside `norm[...]` or a layer range", expr.span)
         decl = unit.decls.get(name)
         if decl is None:
-            candidates = sorted(unit.decls) + ["L"] + ([scope.loop_var] if scope.loop_var else [])
-            near = difflib.get_close_matches(name, candidates, n=1)
+            near = self.nearest(name, lambda: sorted(unit.decls) + ["L"] + ([scope.loop_var] if scope.loop_var else []))
             raise unit.error(f"unknown name `{name}`", expr.span,
-                             hint=f"did you mean `{near[0]}`?" if near else "declare it with `param`, "
+                             hint=f"did you mean `{near}`?" if near else "declare it with `param`, "
                              "`threshold` or `vector`")
         if isinstance(decl, ir.Param):
             return Type.NUMBER
@@ -417,6 +437,21 @@ class Checker:
             self.fail(unit, f"{what} must be a whole number, not {value}", expr.span)
         elif not low <= value <= high:
             self.fail(unit, f"{what} must be between {low} and {high}, not {value:g}", expr.span)
+
+
+def folded(expr, unit: Unit) -> int | float | None:
+    """The value of a constant expression (numbers, arithmetic, params), or None when it is not one.
+
+    Range checks use it so that `(1+1)*v` and `c*v` with `param c = 2` are held to the same bounds
+    as a literal; what folds only once a model is known (thresholds) is checked by the compiler.
+    """
+    if any(not isinstance(unit.params.get(n.name), (int, float)) for n in names_in(expr)) or \
+            not all(isinstance(n, (ir.Num, ir.Name, ir.Unary, ir.Binary)) for n in _walk(expr)):
+        return None
+    try:
+        return constant(expr, unit, "a value")
+    except L2Error:
+        return None
 
 
 def adaptive_options(unit: Unit, options: tuple[ir.KwArg, ...]) -> dict:

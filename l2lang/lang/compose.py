@@ -18,10 +18,10 @@ from l2lang.lang import ir
 from l2lang.lang.bundle import Bundle, is_bundle_path, open_bundle
 from l2lang.lang.files import FileRef, FileRefused, file_argument, shipped_file
 from l2lang.lang.format import expr as format_expr
+from l2lang.lang.limits import MAX_PROGRAM_BYTES, MAX_UNITS, MAX_USE_DEPTH
 from l2lang.lang.parser import ascii_name, decode_source, parse
 from l2lang.resources import shipped_strategies
 
-MAX_USE_DEPTH = 8
 Value = int | float
 
 
@@ -53,6 +53,9 @@ class Program:
     overrides: dict[str, Value]
     files: dict[str, FileRef] = field(default_factory=dict)  # data files resolved so far, by display path
     bundle: Bundle | None = None  # set when loaded from a bundle
+    # each file is read and parsed once, however often it is used (by file identity)
+    parsed: dict[str, tuple[str, ir.Strategy]] = field(default_factory=dict, repr=False)
+    size: int = 0  # bytes of source over every unit, a used file counted at each `use`
 
     @property
     def root(self) -> Unit:
@@ -184,6 +187,7 @@ def _describe(expr: ir.Expr) -> str:
 
 def _add_unit(program: Program, unit: Unit, use_overrides: dict[str, Value], stack: list[str]) -> None:
     program.units.append(unit)
+    program.size += len(unit.source.encode("utf-8", "surrogatepass"))
     _collect_declarations(unit)
     _resolve_params(unit, use_overrides, program.overrides)
     for stmt in unit.strategy.statements:
@@ -254,12 +258,21 @@ def _add_used(program: Program, unit: Unit, stmt: ir.Use, stack: list[str]) -> N
         raise unit.error(f"`use {stmt.target}` makes a cycle: a file cannot use itself", stmt.span)
     if len(stack) >= MAX_USE_DEPTH:
         raise unit.error(f"`use` is nested more than {MAX_USE_DEPTH} deep", stmt.span)
-    try:
-        raw = file.read("strategy")
-    except FileRefused as exc:
-        raise unit.error(f"`use {stmt.target}`: {file.display} {exc.reason}", stmt.span, hint=exc.hint) from None
-    source = decode_source(raw, file.display)
-    strategy = parse(source, file.display)
+    if len(program.units) >= MAX_UNITS:
+        raise unit.error(f"the program uses too many files: more than {MAX_UNITS} units (a file counts once per "
+                         "`use`, including the uses inside used files)", stmt.span)
+    if file.identity not in program.parsed:
+        try:
+            raw = file.read("strategy")
+        except FileRefused as exc:
+            raise unit.error(f"`use {stmt.target}`: {file.display} {exc.reason}", stmt.span, hint=exc.hint) from None
+        source = decode_source(raw, file.display)
+        program.parsed[file.identity] = (source, parse(source, file.display))
+    source, strategy = program.parsed[file.identity]
+    size = len(source.encode("utf-8", "surrogatepass"))
+    if program.size + size > MAX_PROGRAM_BYTES:
+        raise unit.error(f"the program is too large: with `{stmt.target}` its files hold more than "
+                         f"{MAX_PROGRAM_BYTES} bytes (a file counts once per `use`)", stmt.span)
     namespace = unit.namespace + (stmt.alias or _namespace_of(stmt.target)) + "."
     child = Unit(namespace, file.display, source, strategy, file)
     overrides = {kw.name: constant(kw.value, unit, f"override `{kw.name}`") for kw in stmt.overrides}

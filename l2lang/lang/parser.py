@@ -18,10 +18,10 @@ from lark.exceptions import (
 
 from l2lang.errors import L2Error, Span, StrategySyntaxError
 from l2lang.lang import ir
+from l2lang.lang.limits import MAX_DEPTH, MAX_FILE_BYTES
 from l2lang.resources import grammar_text
 
-MAX_FILE_BYTES = 1 << 20
-MAX_DEPTH = 64
+MAX_INTEGER = 10**15
 
 ACTION_WORDS = {"recurse", "steer", "suppress", "store", "mark"}
 
@@ -129,7 +129,7 @@ def _syntax_error(exc: UnexpectedInput, source: str, path: str) -> StrategySynta
     elif isinstance(exc, UnexpectedCharacters):
         char = source[exc.pos_in_stream] if exc.pos_in_stream < len(source) else "?"
         message = f"unexpected character {char!r}"
-        hint = _expected_hint(exc.allowed or set())
+        hint = lookalike_hint(char) or _expected_hint(exc.allowed or set())
     elif isinstance(exc, UnexpectedToken):
         token = exc.token
         shown = "end of line" if token.type == "_NL" else "end of file" if token.type == "$END" \
@@ -137,8 +137,9 @@ def _syntax_error(exc: UnexpectedInput, source: str, path: str) -> StrategySynta
         message = f"unexpected {shown}"
         if token.type == "$END":
             line, column = _end_position(source)
-        hint = _expected_hint(exc.accepts or exc.expected)
-        if token.type == "NAME":
+        lookalike = lookalike_hint(str(token)) if token.type != "STRING" else None
+        hint = lookalike or _expected_hint(exc.accepts or exc.expected)
+        if token.type == "NAME" and not lookalike:
             words = [w.strip("`") for w in (_keyword(t) for t in exc.accepts or exc.expected) if w.startswith("`")]
             near = difflib.get_close_matches(str(token), words, n=1)
             if near:
@@ -148,6 +149,28 @@ def _syntax_error(exc: UnexpectedInput, source: str, path: str) -> StrategySynta
     width = len(str(getattr(exc, "token", "") or " ").splitlines()[0] or " ") \
         if isinstance(exc, UnexpectedToken) and exc.token.type not in ("_NL", "$END") else 1
     return StrategySyntaxError.one(message, Span.at(line, column, width), hint=hint, path=path, source=source)
+
+
+def lookalike_hint(text: str) -> str | None:
+    """A hint naming the first character of `text` that only looks like what the grammar wants:
+    `;` (U+037E GREEK QUESTION MARK) for `;`, a Cyrillic `а` for `a`, a non-breaking space."""
+    for char in text:
+        if char.isascii() or char == "·" or _greek_letter(char):
+            continue
+        name = unicodedata.name(char, "an unnamed character")
+        plain = unicodedata.normalize("NFKC", char)
+        if plain.isascii() and plain.strip():
+            return f"{char!r} is {name} (U+{ord(char):04X}), not the ASCII `{plain}`: type `{plain}`"
+        if char.isspace():
+            return f"{char!r} is {name} (U+{ord(char):04X}): use an ordinary space"
+        return (f"{char!r} is {name} (U+{ord(char):04X}); outside strings and comments l2lang reads ASCII, "
+                "`·` and Greek letters")
+    return None
+
+
+def _greek_letter(char: str) -> bool:
+    words = unicodedata.name(char, "").split()
+    return len(words) >= 4 and words[:3] in (["GREEK", "SMALL", "LETTER"], ["GREEK", "CAPITAL", "LETTER"])
 
 
 def _end_position(source: str) -> tuple[int, int]:
@@ -213,9 +236,9 @@ def ascii_name(name: str) -> str:
         if char.isascii():
             out.append(char)
             continue
-        words = unicodedata.name(char, "").split()
-        if len(words) < 4 or words[:3] not in (["GREEK", "SMALL", "LETTER"], ["GREEK", "CAPITAL", "LETTER"]):
-            raise StrategySyntaxError.one(f"character {char!r} cannot be part of a name")
+        if not _greek_letter(char):
+            raise StrategySyntaxError.one(f"character {char!r} cannot be part of a name", hint=lookalike_hint(char))
+        words = unicodedata.name(char).split()
         spelled = "_".join(words[3:]).lower().replace("lamda", "lambda")
         out.append(spelled.capitalize() if words[1] == "CAPITAL" else spelled)
     return "".join(out)
@@ -239,14 +262,20 @@ def _string(token: Token) -> str:
 def _number(token: Token) -> int | float:
     text = str(token)
     if "." not in text and "e" not in text.lower():
-        value: int | float = int(text)
-        if value > 10**15:
-            raise StrategySyntaxError.one(f"number {text} is too large", _token_span(token))
-        return value
+        # compare digit counts first: `int()` of a literal of thousands of digits is refused by Python
+        if len(text.lstrip("0")) > len(str(MAX_INTEGER)) or int(text) > MAX_INTEGER:
+            raise StrategySyntaxError.one(f"number {_shorten(text)} is too large (integers are at most 1e15)",
+                                          _token_span(token))
+        return int(text)
     value = float(text)
     if value != value or value in (float("inf"), float("-inf")) or abs(value) > 1e300:
-        raise StrategySyntaxError.one(f"number {text} is too large", _token_span(token))
+        raise StrategySyntaxError.one(f"number {_shorten(text)} is too large (at most 1e300)", _token_span(token))
     return value
+
+
+def _shorten(text: str, keep: int = 24) -> str:
+    """A long literal as its first and last digits, for a message."""
+    return text if len(text) <= keep else f"{text[:keep // 2]}…{text[-keep // 2:]} ({len(text)} characters)"
 
 
 def _pairs(items: list) -> Iterator[tuple]:

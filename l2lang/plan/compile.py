@@ -22,6 +22,7 @@ from l2lang.lang.check import (
 from l2lang.lang.compose import Program, Unit, constant
 from l2lang.lang.files import FileRef, FileRefused
 from l2lang.lang.format import expr as show
+from l2lang.lang.limits import MAX_BANK_BYTES, MAX_LAYERS, MAX_PLAN_ITEMS
 from l2lang.plan.datafiles import (
     Profile,
     parse_profile,
@@ -72,6 +73,14 @@ class _Context:
     phase: str = "decode"
 
 
+class PlanTooLarge(Exception):
+    """The program expands past `MAX_PLAN_ITEMS`; carries the one error that stops compilation."""
+
+    def __init__(self, error: L2Error):
+        super().__init__(error.first.message)
+        self.error = error
+
+
 class Compiler:
     def __init__(self, program: Program, layers: int, hidden_size: int | None, weights_sha256: str | None = None):
         self.program = program
@@ -85,16 +94,41 @@ class Compiler:
         self.streaks = 0
         self.rates = 0
         self.chances = 0
+        self.tables: dict[str, dict[int, float]] = {}  # table and calibrated thresholds, resolved once each
+        self.items = 0  # plan items made so far (see `spend`)
+        self.unit: Unit | None = None  # where the statement being compiled stands, for the size error
+        self.span: Span | None = None
 
     def fail(self, unit: Unit, message: str, span: Span | None, hint: str | None = None) -> L2Error:
         return CompileError([Diagnostic(message, span, unit.path, unit.source, hint)])
 
+    def spend(self, count: int) -> None:
+        """Count `count` more plan items (rule instances, actions, layers of a set, expression nodes)
+        and stop once the program has made more than `MAX_PLAN_ITEMS`: `for` rules over every
+        layer, each acting at every layer, grow with the square of the layer count."""
+        self.items += count
+        if self.items > MAX_PLAN_ITEMS and self.unit is not None:
+            raise PlanTooLarge(self.fail(self.unit, f"the program expands to more than {MAX_PLAN_ITEMS} plan items "
+                                         f"(rules × layers × actions) for {self.L} layers; it stops here",
+                                         self.span, hint="act on fewer layers, or write fewer `for` rules"))
+
+    def at(self, unit: Unit, span: Span | None) -> None:
+        """The statement being compiled (named by the error `spend` raises)."""
+        self.unit, self.span = unit, span
+
     # -- entry -----------------------------------------------------------------------------------
     def compile(self) -> Plan:
+        try:
+            return self._compile()
+        except PlanTooLarge as exc:
+            raise CompileError(self.diagnostics + exc.error.diagnostics) from None
+
+    def _compile(self) -> Plan:
         rules: list[RulePlan] = []
         vectors, banks, observe = {}, {}, set()
         for unit in self.program.units:
             for stmt in unit.strategy.statements:
+                self.at(unit, stmt.span)
                 try:
                     if isinstance(stmt, ir.Vector):
                         vectors[unit.namespace + stmt.name] = self.vector(unit, stmt)
@@ -105,6 +139,7 @@ class Compiler:
                 except L2Error as exc:
                     self.diagnostics.extend(exc.diagnostics)
         for unit, stmt in self.program.rules:
+            self.at(unit, stmt.span)
             try:
                 rules.extend(self.rule_instances(unit, stmt, start_id=len(rules)))
             except L2Error as exc:
@@ -115,6 +150,8 @@ class Compiler:
             select = self.select()
         except L2Error as exc:
             self.diagnostics.extend(exc.diagnostics)
+        if not self.diagnostics:
+            self.bank_memory(banks, rules)
         if self.diagnostics:
             raise CompileError(self.diagnostics)
         for rule in rules:
@@ -168,16 +205,15 @@ class Compiler:
         raise self.fail(ctx.unit, f"`{show(expr)}` is not a layer", getattr(expr, "span", None))
 
     def layer_set(self, ctx: _Context, layers: ir.Layers) -> list[int]:
-        out: list[int] = []
+        out: dict[int, None] = {}  # duplicates dropped
         for span in layers.spans:
             start = self.layer(ctx, span.start)
             end = self.layer(ctx, span.end) if span.end is not None else start
             if end < start:
                 raise self.fail(ctx.unit, f"reversed range {start}..{end} (`{show(span.start)}..{show(span.end)}`)",
                                 span.span, hint=f"write `{end}..{start}`")
-            for layer in range(start, end + 1):
-                if layer not in out:
-                    out.append(layer)
+            self.spend(end - start + 1)
+            out.update(dict.fromkeys(range(start, end + 1)))
         return sorted(out)  # `for` rules expand, and actions list their layers, in ascending order
 
     # -- declarations ----------------------------------------------------------------------------
@@ -263,17 +299,23 @@ class Compiler:
             raise self.fail(unit, f"threshold `{name}` has one value per layer and no layer is known here",
                             span, hint="compare it with a single `norm[l]`")
         if isinstance(source, ir.TableSource):
-            table = {self.layer(ctx, k): float(constant(v, unit, "table entry")) for k, v in source.entries}
+            if qualified not in self.tables:
+                self.spend(len(source.entries))
+                self.tables[qualified] = {self.layer(_Context(unit), k): float(constant(v, unit, "table entry"))
+                                          for k, v in source.entries}
+                self.thresholds[qualified] = ThresholdPlan(name=qualified, source="table",
+                                                           values=self.tables[qualified])
+            table = self.tables[qualified]
             if layer not in table:
                 raise self.fail(unit, f"threshold `{name}` has no entry for layer {layer}", span,
                                 hint=f"its table covers layers {', '.join(map(str, sorted(table)))}")
-            self.thresholds[qualified] = ThresholdPlan(name=qualified, source="table", values=table)
             return Const(value=table[layer], note=f"{qualified}@{layer}")
-        profile, q = self.profile(unit, stmt, source)
-        values = {layer: stats[QUANTILE_KEYS[q]] for layer, stats in profile.layers.items()}
-        self.thresholds[qualified] = ThresholdPlan(name=qualified, source="calibrated", values=values,
-                                                   profile=source.profile, q=q)
-        return Const(value=values[layer], note=f"{qualified}@{layer}")
+        if qualified not in self.tables:
+            profile, q = self.profile(unit, stmt, source)
+            self.tables[qualified] = {layer: stats[QUANTILE_KEYS[q]] for layer, stats in profile.layers.items()}
+            self.thresholds[qualified] = ThresholdPlan(name=qualified, source="calibrated",
+                                                       values=self.tables[qualified], profile=source.profile, q=q)
+        return Const(value=self.tables[qualified][layer], note=f"{qualified}@{layer}")
 
     def profile(self, unit: Unit, stmt: ir.Threshold, source: ir.CalibratedSource) -> tuple[Profile, float]:
         q = float(next(constant(kw.value, unit, "q") for kw in source.options if kw.name == "q"))
@@ -304,6 +346,7 @@ class Compiler:
 
     def rule(self, ctx: _Context, rule: ir.Rule, rule_id: int, origin_span: Span | None = None) -> RulePlan:
         unit = ctx.unit
+        self.spend(1)
         condition = self.expr(ctx, rule.condition)
         read = _layers_read(condition)
         recursions = [a for a in rule.actions if isinstance(a, ir.Recurse)]
@@ -361,6 +404,9 @@ class Compiler:
                 case ir.Steer(mode=mode, amount=amount):
                     coefficient, vector = split_steer(amount)
                     value = self.number(at, coefficient)
+                    if mode == "mix" and not 0 <= value <= 1:
+                        raise self.fail(unit, f"`steer mix c*v` needs c in [0, 1] (a convex mix); at layer {layer} "
+                                        f"c = {show(coefficient)} = {value:g}", amount.span)
                     if isinstance(vector, ir.Retrieve):
                         min_cos = dict(RETRIEVE_OPTIONS)
                         min_cos.update({kw.name: constant(kw.value, unit, "min_cos") for kw in vector.options})
@@ -370,7 +416,11 @@ class Compiler:
                         out.append(SteerPlan(layer=layer, mode=mode, coefficient=value,
                                              vector=unit.namespace + vector.name))
                 case ir.Suppress(mode=mode, value=value):
-                    out.append(SuppressPlan(layer=layer, mode=mode, value=self.number(at, value)))
+                    number = self.number(at, value)
+                    if mode == "clamp" and number < 0:
+                        raise self.fail(unit, f"`suppress clamp n` bounds the norm: n must be >= 0; at layer {layer} "
+                                        f"n = {show(value)} = {number:g}", value.span)
+                    out.append(SuppressPlan(layer=layer, mode=mode, value=number))
                 case ir.Store(bank=bank):
                     out.append(StorePlan(layer=layer, bank=unit.namespace + bank))
                 case ir.Mark(label=label):
@@ -387,6 +437,7 @@ class Compiler:
     # -- expressions -----------------------------------------------------------------------------
     def expr(self, ctx: _Context, expr, observed: PlanExpr | None = None) -> PlanExpr:
         unit = ctx.unit
+        self.spend(1)
         match expr:
             case ir.Num(value=value):
                 return Const(value=float(value))
@@ -424,7 +475,12 @@ class Compiler:
                 return RateOf(slot=self.rates - 1, condition=self.expr(ctx, condition))
             case ir.Chance(probability=p):
                 self.chances += 1
-                return ChanceOf(slot=self.chances - 1, probability=self.expr(ctx, p))
+                probability = self.expr(ctx, p)
+                if isinstance(probability, Const) and not 0 <= probability.value <= 1:
+                    where = f" ({probability.note})" if probability.note else ""
+                    raise self.fail(unit, f"a chance must be in [0, 1]; `{show(p)}` is {probability.value:g}{where}",
+                                    p.span)
+                return ChanceOf(slot=self.chances - 1, probability=probability)
         raise self.fail(unit, f"`{show(expr)}` cannot be compiled here", getattr(expr, "span", None))
 
     # -- sequence level --------------------------------------------------------------------------
@@ -433,6 +489,8 @@ class Compiler:
             return None
         unit, stmt = self.program.sample
         options = {kw.name: constant(kw.value, unit, kw.name) for kw in stmt.options}
+        if "top_k" in options:
+            options["top_k"] = int(options["top_k"])
         return SamplePlan(count=int(constant(stmt.count, unit, "sample count")), **options)
 
     def select(self) -> SelectPlan | None:
@@ -447,6 +505,26 @@ class Compiler:
         fraction = float(constant(stmt.metric.args[1], unit, "fraction")) if len(stmt.metric.args) > 1 else 0.3
         return SelectPlan(mode=stmt.mode, metric=stmt.metric.name, layers=tuple(layers), thresholds=thresholds,
                           late_fraction=fraction, per_token=stmt.per_token)
+
+
+    def bank_memory(self, banks: dict[str, int], rules: list[RulePlan]) -> None:
+        """Refuse banks that would hold more than `MAX_BANK_BYTES` per request (float32 states).
+
+        A bank is allocated at every layer a `store` or a `retrieve` uses it, `keep` states each.
+        """
+        if self.hidden is None:
+            return
+        used = {(a.bank, a.layer) for r in rules for a in r.actions if getattr(a, "bank", None)}
+        total = sum(banks[name] * self.hidden * 4 for name, _ in used)
+        if total > MAX_BANK_BYTES:
+            name, _ = max(used, key=lambda key: banks[key[0]])
+            unit = next(u for u in self.program.units if name.startswith(u.namespace) and
+                        name[len(u.namespace):] in u.decls)
+            stmt = unit.decls[name[len(unit.namespace):]]
+            self.diagnostics.append(Diagnostic(
+                f"banks would hold {total / 2**20:.0f} MiB per request ({len(used)} bank layers × keep × hidden "
+                f"size {self.hidden} × 4 bytes); the limit is {MAX_BANK_BYTES // 2**20} MiB", stmt.span, unit.path,
+                unit.source, "keep fewer states, or store at fewer layers"))
 
 
 # ---- helpers -----------------------------------------------------------------------------------
@@ -523,6 +601,6 @@ def compile_plan(program: Program, layers: int, hidden_size: int | None = None,
     With the model's weights hash, calibration profiles recorded on other weights are refused.
     """
     check_program(program)
-    if layers < 1:
-        raise CompileError.one(f"a model needs at least one layer, not {layers}", path="<command line>")
+    if not 1 <= layers <= MAX_LAYERS:
+        raise CompileError.one(f"a model has from 1 to {MAX_LAYERS} layers, not {layers}", path="<command line>")
     return Compiler(program, layers, hidden_size, weights_sha256).compile()

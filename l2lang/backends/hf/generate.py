@@ -22,9 +22,23 @@ def encode(tokenizer, prompts: list[str], chat: bool | None) -> dict:
     use_chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
     if use_chat and not getattr(tokenizer, "chat_template", None):
         raise GenerationError.one("--chat: this tokenizer has no chat template", path="<tokenizer>")
+    if not prompts:
+        raise GenerationError.one("no prompts to generate for", path="<generate>")
+    for number, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise GenerationError.one(f"prompt {number} is a {type(prompt).__name__}, not text", path="<generate>")
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise GenerationError.one(f"prompt {number} is not valid text: it holds a lone surrogate "
+                                      f"({prompt[exc.start]!a}) at character {exc.start + 1}", path="<generate>") from None
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                            add_generation_prompt=True) if use_chat else p for p in prompts]
     ids = [tokenizer(text, add_special_tokens=not use_chat)["input_ids"] for text in texts]
+    for number, row in enumerate(ids):
+        if not row:
+            raise GenerationError.one(f"prompt {number} ({prompts[number][:40]!r}) gives no tokens: there is nothing "
+                                      "to continue", path="<generate>", hint="give the model some text")
     pad = pad_token_id(tokenizer)
     width = max(map(len, ids))
     return {"input_ids": torch.tensor([[pad] * (width - len(row)) + row for row in ids], dtype=torch.long),
@@ -46,8 +60,10 @@ def generate(model, tokenizer, strategy: Strategy, prompts: list[str], *, seed: 
     A strategy with `sample N` generates N candidates per prompt and keeps the one `select` picks.
     `observe_all` records the norm after every layer (for traces), not only the layers the plan reads.
     """
+    _check_settings(seed, generation_kwargs)
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in encode(tokenizer, prompts, chat).items()}
+    _check_context(model, batch["input_ids"].shape[1], generation_kwargs.get("max_new_tokens"))
     run = Run(strategy, model, tokenizer, seed, observe_all=observe_all, caller_selects=True)
     plan = run.plan
     kwargs = {"do_sample": False, **generation_kwargs}
@@ -71,6 +87,42 @@ def generate(model, tokenizer, strategy: Strategy, prompts: list[str], *, seed: 
         outputs = select_outputs(outputs, candidate_scores(records, uids, plan.select), plan)
     prompt_ids = [row[mask.bool()].tolist() for row, mask in zip(batch["input_ids"], batch["attention_mask"])]
     return Generation(outputs, report, plan, records, uids, prompt_ids, lengths)
+
+
+MAX_SEED = 2**64 - 1  # what torch.manual_seed takes
+
+
+def _check_settings(seed: int, kwargs: dict) -> None:
+    """Refuse generation settings transformers or torch would fail on later with a traceback."""
+    def refuse(message: str) -> GenerationError:
+        return GenerationError.one(message, path="<generate>")
+
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise refuse(f"the seed must be a whole number from 0 to 2**64-1, not {str(seed)[:30]}")
+    tokens = kwargs.get("max_new_tokens")
+    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
+        raise refuse(f"max_new_tokens must be a whole number of at least 1, not {tokens!r}")
+    temperature = kwargs.get("temperature")
+    if temperature is not None and not (isinstance(temperature, (int, float)) and 0 < temperature < float("inf")):
+        raise refuse(f"temperature must be a finite number above 0, not {temperature!r}")
+    top_p = kwargs.get("top_p")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise refuse(f"top_p must be in (0, 1], not {top_p!r}")
+    top_k = kwargs.get("top_k")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise refuse(f"top_k must be a whole number of at least 1 (or None: every token), not {top_k!r}")
+
+
+def _check_context(model, prompt_tokens: int, new_tokens: int | None) -> None:
+    """Refuse a prompt and budget longer than the positions the model has (GPT-2's position table
+    would fail with an index error; a rotary model would run past what it was trained for)."""
+    config = getattr(model, "config", None)
+    text = getattr(config, "text_config", None) or config
+    limit = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
+    if isinstance(limit, int) and new_tokens is not None and prompt_tokens + new_tokens > limit:
+        raise GenerationError.one(f"the prompt ({prompt_tokens} tokens) and max_new_tokens ({new_tokens}) go past the "
+                                  f"model's {limit} positions", path="<generate>",
+                                  hint=f"ask for at most {max(limit - prompt_tokens, 0)} new tokens")
 
 
 def _output(tokenizer, row: torch.Tensor) -> dict:

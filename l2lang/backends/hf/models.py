@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 
 from l2lang.errors import L2Error
+from l2lang.paths import is_file, is_folder
+from l2lang.plan.shape import not_a_model
 
 
 @dataclass(frozen=True)
@@ -70,18 +72,22 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32) ->
     """An alias, a local folder, a `.gguf` file or a hub id → model (eval mode) and tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    refused = not_a_model(spec, list(PACKAGED))
+    if refused is not None:
+        raise refused
     if spec in PACKAGED:
         folder = ensure_converted(PACKAGED[spec])
         sha = json.loads((folder / "l2lang-model.json").read_text())["gguf_sha256"]
         source, kwargs = str(folder), {}
     elif spec.endswith(".gguf"):
         path = Path(spec)
-        if not path.is_file():
+        if not is_file(path):
             raise L2Error.one(f"no such GGUF file: {spec}", path=spec)
         sha, source, kwargs = file_sha256(path), str(path.parent), {"gguf_file": path.name}
-    elif Path(spec).is_dir():
+    elif is_folder(spec):
         sha, source, kwargs = folder_sha256(Path(spec)), spec, {}
     else:
+        _check_hub(spec)
         sha, source, kwargs = "unknown (hub)", spec, {}
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
@@ -95,6 +101,27 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32) ->
     model.eval()
     model.l2lang_weights_sha256 = sha  # lets `calibrated(...)` refuse a profile of another model
     return LoadedModel(model, tokenizer, spec, sha)
+
+
+def _check_hub(spec: str) -> None:
+    """A hub id not in the local cache: ask the hub once, so that a wrong name or no network is one clear
+    error at once (transformers would retry for half a minute, logging each attempt)."""
+    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    if isinstance(try_to_load_from_cache(spec, "config.json"), str):
+        return
+    print(f"l2lang: {spec} is neither a built-in model nor a local folder; looking it up on the Hugging Face hub ...",
+          file=sys.stderr)
+    hint = f"built-in models: {', '.join(PACKAGED)}; or a local folder or .gguf file"
+    try:
+        HfApi().model_info(spec, timeout=10)
+    except RepositoryNotFoundError:
+        raise L2Error.one(f"no model {spec!r} on the Hugging Face hub (or it is private or gated)", path=spec,
+                          hint=hint) from None
+    except Exception as exc:  # no network, offline mode, a malformed id: each its own exception type
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise L2Error.one(f"cannot look up {spec!r} on the Hugging Face hub: {first}", path=spec, hint=hint) from None
 
 
 def ensure_converted(packaged: PackagedModel) -> Path:
@@ -187,3 +214,6 @@ def quiet_transformers() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_logging.set_verbosity_error()

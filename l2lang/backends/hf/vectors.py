@@ -74,6 +74,10 @@ def contrast_vector(model: nn.Module, adapter: ModelAdapter, tokenizer, spec: P.
         caught.clear()
         for prompt in prompts:
             ids = tokenizer(prompt, return_tensors="pt").input_ids.to(next(model.parameters()).device)
+            if ids.shape[-1] == 0:
+                raise CompileError.one(f"vector `{spec.name}`: the contrast prompt {prompt!r} gives no tokens with "
+                                       "this tokenizer, so it has no last state", path="<vector>",
+                                       hint="write a prompt with some text in it")
             model(ids, use_cache=False)
         return torch.stack(caught).mean(dim=0)
 
