@@ -32,18 +32,24 @@ SHIPPED = ["baseline", "alrr", "alrr:warmup=5", "erss", "erss:warmup=5,streak_le
 
 
 def load(name: str):
-    """(model, tokenizer): `tiny` is a random-weight Llama (8 layers, hidden 256) with the default model's
-    tokenizer; any other name goes to `load_model`."""
-    if name != "tiny":
+    """(model, tokenizer): `tiny` is a random-weight Llama (8 layers, hidden 256), `tiny28` a random-weight
+    Qwen2 of 28 layers and hidden size 32 — where l2lang's fixed cost per layer and step shows most — both
+    with the default model's tokenizer; any other name goes to `load_model`."""
+    if name not in ("tiny", "tiny28"):
         loaded = load_model(name)
         return loaded.model, loaded.tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
     tokenizer = load_model("smollm2-135m").tokenizer
-    config = LlamaConfig(num_hidden_layers=8, hidden_size=256, intermediate_size=704, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=len(tokenizer))
-    model = LlamaForCausalLM(config).eval()
+    if name == "tiny":
+        config = LlamaConfig(num_hidden_layers=8, hidden_size=256, intermediate_size=704, num_attention_heads=4,
+                             num_key_value_heads=2, vocab_size=len(tokenizer))
+        model = LlamaForCausalLM(config).eval()
+    else:
+        config = Qwen2Config(num_hidden_layers=28, hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                             num_key_value_heads=1, vocab_size=len(tokenizer))
+        model = Qwen2ForCausalLM(config).eval()
     model.generation_config.eos_token_id = None
     return model, tokenizer
 

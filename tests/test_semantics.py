@@ -162,3 +162,18 @@ def test_per_token_scores_are_totals_over_decode_steps(tmp_path) -> None:
     per_token = run(text.format(" per token"), tmp_path, tokens=6, seed=4)
     for a, b in zip(total.outputs[0]["candidates"], per_token.outputs[0]["candidates"]):
         assert b["score"] == pytest.approx(a["score"] / 5, rel=1e-6)  # 6 tokens, 5 fed back
+
+
+# ---- §6: non-finite states a strategy creates are undone, counted and warned about -----------------
+
+def test_an_action_that_overflows_the_state_is_undone_counted_and_warned(tmp_path) -> None:
+    plain = run("observe 6\n", tmp_path, tokens=8, min_new_tokens=0)
+    with pytest.warns(RuntimeWarning, match="NaN or inf"):
+        result = run("if norm[3] > 0 suppress scale 1e300 at 3\n", tmp_path, tokens=8, min_new_tokens=0)
+    assert result.report.nonfinite_states > 0 and result.report.total() == 0
+    assert result.outputs[0]["token_ids"] == plain.outputs[0]["token_ids"]  # the step ran unmodified
+
+
+def test_a_steering_coefficient_that_overflows_the_dtype_is_refused_before_the_run(tmp_path) -> None:
+    with pytest.raises(GenerationError, match="overflows"):
+        run('vector v = contrast(["a"], ["b"]) at 3\nif norm[3] > 0 steer 1e300*v\n', tmp_path, tokens=2)

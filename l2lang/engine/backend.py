@@ -54,6 +54,9 @@ class StepRows:
     running); `positions[i]` is a prompt row's 0-based position in its prompt (needed when the step
     has prompt rows). `phase` is "decode" when every row is a decode row with `slots == arange(N)`
     (one row per request, in slot order), "prefill" when no row is a decode row, else "mixed".
+    `step` is the decode step every decode row is at, when the backend runs its requests in lockstep
+    (all started together, one token each per step: Hugging Face `generate`); then the executor keeps
+    the step as a number instead of a tensor per request.
     """
 
     slots: torch.Tensor   # int64 [N]
@@ -61,6 +64,7 @@ class StepRows:
     valid: torch.Tensor   # bool [N]
     phase: Phase
     positions: torch.Tensor | None = None  # int64 [N]
+    step: int | None = None
 
     @property
     def size(self) -> int:
@@ -75,8 +79,9 @@ class StepRows:
 class BlockRunner(Protocol):
     """Layers `first..last` run again on this step's rows (docs/semantics.md §4, recurse)."""
 
-    def run(self, hidden: torch.Tensor) -> torch.Tensor:
-        """One more pass of the block over `hidden` [N, hidden]; returns the block's output [N, hidden]."""
+    def run(self, hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """One more pass of the block over `hidden` [N, hidden] for the rows still recursing (bool [N]:
+        other rows' outputs are discarded, and their K/V must not change); returns [N, hidden]."""
 
     def accept(self, rows: torch.Tensor) -> None:
         """`kv refresh`: keep this pass's K/V for `rows` (bool [N]); `kv frozen`: nothing."""

@@ -9,9 +9,13 @@ A backend calls it at the boundaries of every step and after every hooked decode
     executor.finish_requests(slots)                  # when requests finish
 
 After a layer it computes the observations, evaluates the rules read there and applies the actions
-scheduled there, as masked tensor operations over all rows at once: no loop over rows or requests,
-and no host-device synchronisation except the `any()` that decides whether a recursion pass runs at
-all (docs/performance.md counts them). Per-request state lives in the slots of a `RequestTable`.
+scheduled there, as masked tensor operations over all rows at once: no loop over rows or requests.
+Per-request state lives in the slots of a `RequestTable`. What makes a step cheap
+(docs/performance.md): layers that are only observed keep their output until the end of a decode
+step, when all their norms are taken in one operation; lockstep backends keep the decode step as a
+number; the coins of all `chance` slots are drawn together; the finiteness of a layer's norm is
+checked once. On a CPU an action whose mask is empty is skipped (one cheap read of the mask); on a
+GPU nothing is read back during a step: every action runs under its mask.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import torch
 from l2lang import plan as P
 from l2lang.engine.backend import LayerBackend, StepRows
 from l2lang.engine.records import StepRecord
-from l2lang.engine.state import Quartiles, RequestTable, uniform
+from l2lang.engine.state import Quartiles, RequestTable, coin_salts, uniform_from_salts
+from l2lang.errors import GenerationError
 
 COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq,
            "!=": operator.ne}
@@ -45,19 +50,29 @@ class Executor:
         self.block_layers = frozenset(j for r in plan.rules for a in r.actions if isinstance(a, P.RecursePlan)
                                       for j in range(a.first, a.layer + 1))
         self.hooked = tuple(sorted(set(self.needs) | set(self.steps_at) | self.block_layers))
-        self.observed = tuple(plan.observe)
-        self.observed_row = {layer: i for i, layer in enumerate(self.observed)}
+        self.observed = frozenset(plan.observe)
+        # Layers whose norm nothing reads during the step: on decode steps their outputs are kept and
+        # all their norms taken at the end of the step, in one operation.
+        read = set(self.steps_at) | {layer for node in _read_during_step(plan) for layer in _layers_of(node)}
+        self.deferrable = frozenset(layer for layer, kinds in self.needs.items()
+                                    if layer not in read and layer not in self.block_layers and kinds == {"norm"})
         # Per-step bookkeeping, decided once here rather than by walking the plan every step.
         self.streaks_of = {rule.id: _streak_slots(rule.condition) for rule in plan.rules}
         self.on_fire = {rule.id for rule in plan.rules if rule.cooldown or self.streaks_of[rule.id]}
         self.latch_index = {rule_id: i for i, rule_id in enumerate(r.id for r in plan.rules
                                                                    if any(a.delay for a in r.actions))}
+        self.checked = {(rule.id, i) for rule in plan.rules for i, a in enumerate(rule.actions) if _may_overflow(a)}
         self.table = RequestTable(plan, capacity, hidden_size, dtype, device)
-        self.shared_estimators = {e.id: Quartiles(1, device) for e in plan.estimators
-                                  if plan.thresholds[e.threshold].scope == "shared"}
+        self.shared_estimators = {e.id: Quartiles(1, device, t.k, t.iqr_floor, t.warmup) for e in plan.estimators
+                                  if (t := plan.thresholds[e.threshold]).scope == "shared"}
+        self.chance_base = torch.tensor([coin_salts(seed, slot) for slot in range(plan.chance_slots)],
+                                        dtype=torch.int64, device=device)
+        self.skip_idle = device.type == "cpu"  # reading a mask is free on a CPU, a stall on a GPU
         self.records: list[StepRecord] = []
         self.nonfinite = torch.zeros((), dtype=torch.int64, device=device)
         self.rows: StepRows | None = None
+        for name, vector in vectors.items():
+            _refuse_overflow(plan, name, vector, dtype)
 
     # -- requests ------------------------------------------------------------------------------
     def start_requests(self, keys: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
@@ -72,36 +87,48 @@ class Executor:
         return bool(self.needs.get(index, set()) - {"norm"})
 
     # -- steps ---------------------------------------------------------------------------------
-    def begin_step(self, rows: StepRows, common_step: int | None = None) -> None:
-        """Start a forward pass over `rows`. `common_step`: the decode step every row is at, when the
-        backend knows one (it saves per-row work for coins); prompt rows are at step 0."""
+    def begin_step(self, rows: StepRows) -> None:
+        """Start a forward pass over `rows`."""
         table = self.table
         self.rows = rows
         if rows.phase == "prefill":
-            self.step_numbers = torch.zeros_like(rows.slots)
+            self.steps: torch.Tensor | int = 0
+        elif rows.step is not None:  # lockstep: every decode row is at this step
+            self.steps = rows.step
         else:  # every running request with a decode row takes one more decode step
             current = self._gather(table.decode_steps)
             steps = torch.where(rows.live_decode, current + 1, current)
             self._scatter(table.decode_steps, steps, None, rows)
-            self.step_numbers = steps if rows.phase == "decode" else torch.where(rows.decode, steps, 0)
-        # what seeds each row's coins: its decode step, or -1 - p for the prompt row at position p
-        if rows.phase == "decode":
-            self.coin_steps = common_step if common_step is not None else self.step_numbers
-        else:
-            self.coin_steps = -1 - rows.positions if rows.phase == "prefill" else \
-                torch.where(rows.decode, self.step_numbers, -1 - rows.positions)
+            self.steps = steps if rows.phase == "decode" else torch.where(rows.decode, steps, 0)
+        self.deferring = rows.phase != "prefill"   # (prompts are long: their norms are taken at once)
+        self.deferred: list[tuple[int, torch.Tensor]] = []
         self.observations: dict[tuple, torch.Tensor] = {}
+        self.finite: dict[int, torch.Tensor] = {}
+        self.usable: dict[int, torch.Tensor] = {}
         self.decisions: dict[int, torch.Tensor] = {}
-        self.taus: torch.Tensor | None = None
+        self.draws: torch.Tensor | None = None
         self.effects: dict[tuple[int, int], torch.Tensor] = {}
         self.extra_layer_passes = 0
-        self.norms = torch.empty(len(self.observed), rows.size, dtype=torch.float32, device=rows.slots.device)
 
     def end_step(self) -> StepRecord:
         rows = self.rows
+        layers, parts = [], []
+        if self.deferred:  # every deferred layer's norm in one operation
+            layers += [layer for layer, _ in self.deferred]
+            parts.append(torch.linalg.vector_norm(torch.stack([h for _, h in self.deferred]), dim=-1,
+                                                  dtype=torch.float32).view(len(self.deferred), rows.size))
+        kept = [layer for layer in sorted(self.observed) if ("norm", layer) in self.observations]
+        if kept:
+            layers += kept
+            parts.append(torch.stack([self.observations[("norm", layer)] for layer in kept]))
+        norms = parts[0] if len(parts) == 1 else torch.cat(parts) if parts else \
+            torch.zeros(0, rows.size, device=rows.slots.device)
+        if self.finite:  # valid rows a state of which was NaN or infinite, once per step
+            finite = functools.reduce(operator.and_, self.finite.values())
+            self.nonfinite = self.nonfinite + (rows.valid & ~finite).sum()
         if rows.phase != "prefill":
             self._finish_decode_step(rows)
-        record = StepRecord(rows, self.table.snapshot, self.step_numbers, self.observed, self.norms, self.effects,
+        record = StepRecord(rows, self.table.snapshot, self.steps, tuple(layers), norms, self.effects,
                             self.extra_layer_passes)
         self.records.append(record)
         self.rows = None
@@ -118,13 +145,18 @@ class Executor:
     def _feed_estimators(self, live: torch.Tensor) -> None:
         table = self.table
         if table.local:  # every request-scoped estimator in one vectorised update
-            values = torch.stack([self._evaluate(e.observable) for e in table.local]).to(torch.float64)
-            size = table.capacity + 1
-            per_slot = torch.zeros(len(table.local), size, dtype=torch.float64, device=values.device)
-            mask = torch.zeros(len(table.local), size, dtype=torch.bool, device=values.device)
-            for target, source in ((per_slot, values), (mask, live.expand_as(values))):
-                self._scatter(target, source, live, self.rows)
-            mask[:, table.scratch] = False
+            values = torch.stack([self._evaluate(e.observable) for e in table.local])
+            if self.rows.phase == "decode":  # rows are the first slots
+                pad = (0, table.capacity + 1 - self.rows.size)
+                per_slot = torch.nn.functional.pad(values, pad)
+                mask = torch.nn.functional.pad(live, pad).expand(len(table.local), -1)
+            else:
+                size = table.capacity + 1
+                per_slot = torch.zeros(len(table.local), size, dtype=values.dtype, device=values.device)
+                mask = torch.zeros(len(table.local), size, dtype=torch.bool, device=values.device)
+                for target, source in ((per_slot, values), (mask, live.expand_as(values))):
+                    self._scatter(target, source, live, self.rows)
+                mask[:, table.scratch] = False
             table.quartiles.add(per_slot.flatten(), mask.flatten())
         for est in self.plan.estimators:
             threshold = self.plan.thresholds[est.threshold]
@@ -141,40 +173,49 @@ class Executor:
 
     # -- per-slot state, read and written by row --------------------------------------------------
     def _gather(self, per_slot: torch.Tensor) -> torch.Tensor:
-        return self._gather_with(self.rows, per_slot)
-
-    @staticmethod
-    def _gather_with(rows: StepRows, per_slot: torch.Tensor) -> torch.Tensor:
         """[..., slots + 1] → [..., N]: each row's value of its request's slot."""
+        rows = self.rows
         if rows.phase == "decode":
             return per_slot[..., :rows.size]
         return per_slot[..., rows.slots]
 
-    def _scatter(self, per_slot: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None, rows: StepRows,
-                 current: torch.Tensor | None = None) -> None:
-        """In place: each masked row writes its value into its request's slot (at most one row per slot
-        may be masked). `current`: the rows' present values, when the caller has them."""
-        if rows.phase == "decode":
+    def _scatter(self, per_slot: torch.Tensor, values, mask: torch.Tensor | None, rows: StepRows) -> None:
+        """In place: each masked row writes its value (a tensor [..., N], or one number for all) into its
+        request's slot (at most one row per slot may be masked)."""
+        if rows.phase == "decode":  # rows are the first slots
+            mine = per_slot[..., :rows.size]
             if mask is None:
-                per_slot[..., :rows.size] = values
+                mine.copy_(values) if torch.is_tensor(values) else mine.fill_(values)
+            elif torch.is_tensor(values):
+                mine.copy_(torch.where(mask, values, mine))
             else:
-                old = per_slot[..., :rows.size] if current is None else current
-                per_slot[..., :rows.size] = torch.where(mask, values, old)
+                mine.masked_fill_(mask, values)
             return
         target = rows.slots if mask is None else torch.where(mask, rows.slots, self.table.scratch)
         per_slot[..., target] = values
 
     # -- layers --------------------------------------------------------------------------------
+    def defer(self, index: int, hidden: torch.Tensor) -> bool:
+        """Whether layer `index` is only observed on this step: then its output `hidden` (any shape whose
+        leading dimensions flatten to the step's rows) is kept, its norm taken at the end of the step,
+        and the backend skips `after_layer`."""
+        if self.deferring and index in self.deferrable:
+            self.deferred.append((index, hidden))
+            return True
+        return False
+
     def after_layer(self, index: int, hidden: torch.Tensor, before: torch.Tensor | None = None) -> torch.Tensor:
-        """Observe and act after decoder layer `index`. `hidden`: its output [N, hidden] (the residual
-        stream); `before`: its input, needed when `wants_input(index)`. Returns the (new) output."""
+        """Observe and act after decoder layer `index` (unless `defer` kept it). `hidden`: its output
+        [N, hidden] (the residual stream); `before`: its input, needed when `wants_input(index)`.
+        Returns the (new) output."""
+        if self.defer(index, hidden):
+            return hidden
         self._observe(index, before, hidden)
         work = self.steps_at.get(index)
         if work is None:
             return hidden
         rows = self.rows
-        finite = torch.isfinite(self.observations[("norm", index)])
-        self.nonfinite = self.nonfinite + (rows.valid & ~finite).sum()
+        finite = self._finite(index)
         for rule_id in work.evaluate:
             self.decisions[rule_id] = self._decide(self.rules[rule_id])
         first_pass = hidden
@@ -184,34 +225,54 @@ class Executor:
             mask = self._action_mask(rule, action)
             if mask is None:
                 continue
-            mask = mask & finite
+            if action.delay or rule.read_layer != index:  # (a decision already excludes non-finite rows)
+                mask = mask & finite
+            before_action = hidden
             hidden, effect = self._apply(action, hidden, first_pass, mask, index)
+            if (rule_id, action_index) in self.checked:  # an action that could overflow the state
+                hidden, effect = self._keep_finite(before_action, hidden, effect)
             key = (rule_id, action_index)
             self.effects[key] = self.effects[key] | effect if key in self.effects else effect
             if rule.id in self.on_fire and rows.phase != "prefill":
                 self._fired(rule, action.delay, effect)
         return hidden
 
+    def _usable(self, index: int) -> torch.Tensor:
+        """Valid rows whose state after layer `index` is finite (once per layer and step)."""
+        usable = self.usable.get(index)
+        if usable is None:
+            usable = self.usable[index] = self.rows.valid & self._finite(index)
+        return usable
+
+    def _finite(self, index: int) -> torch.Tensor:
+        """Where the norm after layer `index` is finite (checked once per step; `end_step` counts the
+        valid rows that were not)."""
+        finite = self.finite.get(index)
+        if finite is None:  # (a norm is never negative: finite means below inf; NaN is not)
+            finite = self.finite[index] = self.observations[("norm", index)] < math.inf
+        return finite
+
+    def _keep_finite(self, before: torch.Tensor, after: torch.Tensor, effect: torch.Tensor):
+        """Rows an action left non-finite go back to their state before it, uncounted as an intervention
+        and counted as non-finite (docs/semantics.md §6)."""
+        bad = effect & ~(l2(after) < math.inf)
+        self.nonfinite = self.nonfinite + bad.sum()
+        return torch.where(bad[:, None], before, after), effect & ~bad
+
     def _fired(self, rule: P.RulePlan, delay: int, effect: torch.Tensor) -> None:
         """The rule fired where `effect` holds, on the decision of this step (minus `delay`): its cooldown
         runs from that decision, and its streaks restart from 0 at once."""
         table, rows = self.table, self.rows
         if rule.cooldown:
-            until = self.step_numbers + (rule.cooldown - delay)
-            self._scatter(table.cooldown_until[rule.id], until, effect, rows)
+            self._scatter(table.cooldown_until[rule.id], self.steps + (rule.cooldown - delay), effect, rows)
         for slot in self.streaks_of[rule.id]:
-            self._scatter(table.streaks[slot], torch.zeros_like(self.step_numbers), effect, rows)
+            self._scatter(table.streaks[slot], 0, effect, rows)
 
     def _observe(self, index: int, before: torch.Tensor | None, after: torch.Tensor) -> None:
         kinds = self.needs.get(index)
         if kinds is None:
             return
-        row = self.observed_row.get(index)
-        if row is not None:  # written straight into this step's record
-            norm = torch.linalg.vector_norm(after, dim=-1, dtype=torch.float32, out=self.norms[row])
-        else:
-            norm = l2(after)
-        self.observations[("norm", index)] = norm
+        norm = self.observations[("norm", index)] = l2(after)
         if kinds == {"norm"}:
             return
         h = after.float()
@@ -225,16 +286,16 @@ class Executor:
                 self.observations[("cos", index, kind[1])] = torch.cosine_similarity(h, vector.expand_as(h), dim=-1)
 
     def _decide(self, rule: P.RulePlan) -> torch.Tensor:
-        """Where the rule holds on this step: bool [N]."""
+        """Where the rule holds on this step: bool [N] (valid rows whose state at the read layer is finite)."""
         rows = self.rows
         phase = _phase_mask(rule.phase, rows)
         if phase is False:
             return torch.zeros_like(rows.valid)
-        mask = rows.valid & self._mask(rule.condition)
+        mask = self._usable(rule.read_layer) & self._mask(rule.condition)
         if phase is not True:
             mask = mask & phase
         if rule.cooldown and rows.phase != "prefill":
-            mask = mask & (self.step_numbers > self._gather(self.table.cooldown_until[rule.id]))
+            mask = mask & (self._gather(self.table.cooldown_until[rule.id]) < self.steps)
         return mask
 
     def _action_mask(self, rule: P.RulePlan, action) -> torch.Tensor | None:
@@ -243,6 +304,10 @@ class Executor:
                 return None
             return self._gather(self.table.latched[self.latch_index[rule.id]]) & self.rows.live_decode
         return self.decisions.get(rule.id)
+
+    def _idle(self, mask: torch.Tensor) -> bool:
+        """On a CPU, whether no row is in `mask` (so costly work can be skipped); on a GPU always False."""
+        return self.skip_idle and not bool(mask.any())
 
     # -- evaluation ----------------------------------------------------------------------------
     def _evaluate(self, node, passes: dict | None = None) -> torch.Tensor | float | bool:
@@ -262,13 +327,9 @@ class Executor:
             case P.PassValue(name=name):
                 return passes[name]
             case P.AdaptiveRef(threshold=name, estimator=est):
-                t = self.plan.thresholds[name]
-                if t.scope == "shared":
-                    return self.shared_estimators[est].threshold(t.k, t.iqr_floor, t.warmup).float()
-                if self.taus is None:  # all request-scoped thresholds, once per step
-                    self.taus = table.quartiles.threshold(table.k, table.iqr_floor, table.warmup).float() \
-                        .view(len(table.local), -1)
-                return self._gather(self.taus[table.local_index[est]])
+                if est in self.shared_estimators:
+                    return self.shared_estimators[est].tau
+                return self._gather(table.quartiles.tau.view(len(table.local), -1)[table.local_index[est]])
             case P.Arith(op="neg", args=(arg,)):
                 return -self._evaluate(arg, passes)
             case P.Arith(op=op, args=(a, b)):
@@ -278,8 +339,9 @@ class Executor:
                 return ARITH[op](x, y)
             case P.Cmp(ops=ops, operands=operands):
                 values = [self._evaluate(o, passes) for o in operands]
-                # a comparison with a non-finite operand is false; each operand is checked once
-                checks = [_finite(v) for v in values]
+                # a comparison with a non-finite operand is false; each operand is checked once, in the
+                # cheapest way that is exact (see _finite_check)
+                checks = [self._finite_check(o, v, ops) for o, v in zip(operands, values)]
                 checks += [COMPARE[op](x, y) for op, x, y in zip(ops, values, values[1:])]
                 kept = [c for c in checks if c is not True]
                 return functools.reduce(operator.and_, kept) if kept else True
@@ -293,21 +355,49 @@ class Executor:
                 return out
             case P.StreakOf(slot=slot, condition=condition):
                 holds = self._mask(condition, passes)
+                if rows.phase == "decode":  # in place; a finished request's count no longer matters
+                    return table.streaks[slot, :rows.size].add_(1).mul_(holds).float()
                 current = self._gather(table.streaks[slot])
                 new = torch.where(rows.live_decode, torch.where(holds, current + 1, 0), current)
                 self._scatter(table.streaks[slot], new, None, rows)
                 return new.float()
             case P.RateOf(slot=slot, condition=condition):  # over the earlier decode steps
                 holds = self._mask(condition, passes)
-                live = rows.live_decode
-                earlier = self._gather(table.rate_hits[slot])  # (a view: read before writing)
-                rate = (earlier / (self.step_numbers - 1).clamp(min=1)).float()
-                self._scatter(table.rate_hits[slot], earlier + (holds & live).to(torch.int64), live, rows)
+                earlier = self._gather(table.rate_hits[slot])
+                before = max(self.steps - 1, 1) if isinstance(self.steps, int) else (self.steps - 1).clamp(min=1)
+                rate = (earlier / before).float()  # (read before `earlier`, a view, is added to)
+                if rows.phase == "decode":
+                    earlier.add_(holds)
+                else:
+                    self._scatter(table.rate_hits[slot], earlier + (holds & rows.live_decode), rows.live_decode, rows)
                 return rate
             case P.ChanceOf(slot=slot, probability=p):
-                draw = uniform(self.seed, self._gather(table.keys), self.coin_steps, slot)
-                return draw < self._evaluate(p, passes)
+                if self.draws is None:  # every chance slot's coins for this step at once
+                    self.draws = uniform_from_salts(self._gather(table.keys), self.chance_base, self._coin_steps())
+                return self.draws[slot] < self._evaluate(p, passes)
         raise TypeError(f"cannot evaluate {node!r}")
+
+    def _coin_steps(self) -> torch.Tensor | int:
+        """What seeds each row's coins: its decode step, or -1 - p for the prompt row at position p."""
+        rows = self.rows
+        if rows.phase == "decode":
+            return self.steps
+        if rows.phase == "prefill":
+            return -1 - rows.positions
+        return torch.where(rows.decode, self.steps, -1 - rows.positions)
+
+    def _finite_check(self, node, value, ops) -> torch.Tensor | bool:
+        """Where `value` (the operand `node` of a comparison with operators `ops`) is finite, as cheaply
+        as is exact: constants are finite (the checker refuses others); a layer's norm is checked once
+        per step; an adaptive threshold is finite or NaN, and NaN already fails every comparison but !=."""
+        if not torch.is_tensor(value):
+            return math.isfinite(value)
+        match node:
+            case P.Observe(observable="norm", layer=layer, vector=None) if ("norm", layer) in self.observations:
+                return self._finite(layer)
+            case P.AdaptiveRef() if "!=" not in ops:
+                return True
+        return value.abs() < math.inf
 
     def _mask(self, node, passes: dict | None = None) -> torch.Tensor:
         """A condition as a bool [N] tensor (a constant condition is broadcast)."""
@@ -328,8 +418,9 @@ class Executor:
                 new = hidden + c * vector if mode == "add" else (1 - c) * hidden + c * vector
                 return torch.where(m, new, hidden), mask
             case P.SteerPlan(bank=bank, coefficient=c, mode=mode, min_cos=min_cos):
-                slots = rows.slots if rows.phase != "decode" else torch.arange(rows.size, device=hidden.device)
-                chosen, cos = table.banks[(bank, layer)].nearest(slots, hidden)
+                if self._idle(mask):
+                    return hidden, mask
+                chosen, cos = table.banks[(bank, layer)].nearest(self._slots(), hidden)
                 effect = mask & (cos >= min_cos)
                 chosen = chosen.to(hidden.dtype)
                 new = hidden + c * chosen if mode == "add" else (1 - c) * hidden + c * chosen
@@ -342,12 +433,15 @@ class Executor:
                 scaled = hidden * (n / norm.clamp(min=1e-12)).to(hidden.dtype)
                 return torch.where(effect[:, None], scaled, hidden), effect
             case P.StorePlan(bank=bank):
+                if self._idle(mask):
+                    return hidden, mask
                 if rows.phase == "decode":
-                    slots = torch.arange(rows.size, device=hidden.device)
-                    table.banks[(bank, layer)].offer(slots, first_pass, l2(first_pass), mask)
+                    table.banks[(bank, layer)].offer(self._slots(), first_pass, self.observations[("norm", layer)],
+                                                     mask)
                 else:  # several prompt rows of a request may offer their states in one step
                     slots = torch.where(mask, rows.slots, table.scratch)
-                    table.banks[(bank, layer)].offer_many(slots, first_pass, l2(first_pass), mask)
+                    table.banks[(bank, layer)].offer_many(slots, first_pass, self.observations[("norm", layer)],
+                                                          mask)
                 return hidden, mask
             case P.MarkPlan():
                 return hidden, mask
@@ -355,18 +449,25 @@ class Executor:
                 return self._recurse(action, hidden, mask)
         raise TypeError(f"cannot apply {action!r}")
 
+    def _slots(self) -> torch.Tensor:
+        """Each row's slot (in a decode step, rows are the slots: 0..N-1)."""
+        rows = self.rows
+        if rows.phase == "decode":
+            return self.table.arange[:rows.size]
+        return rows.slots
+
     def _recurse(self, action: P.RecursePlan, hidden: torch.Tensor, mask: torch.Tensor):
         rows = mask
         accepted = torch.zeros_like(rows)
-        if action.passes == 0 or not bool(rows.any()):
+        if self._idle(rows):
             return hidden, accepted
         block = self.backend.block(action.first, action.layer, action.kv)
         base_norm = l2(hidden)
         current = hidden
         for done in range(action.passes):
-            candidate = block.run(current)
+            candidate = block.run(current, rows)
             values = _pass_values(candidate, current, base_norm)
-            ok = rows & torch.isfinite(values["norm"])
+            ok = rows & (values["norm"] < math.inf)
             for mode, condition in action.stops:
                 if mode == "while":
                     ok = ok & self._mask(condition, values)
@@ -374,13 +475,14 @@ class Executor:
             previous, current = current, torch.where(ok[:, None], updated, current)
             accepted = accepted | ok
             block.accept(ok)
-            until = torch.zeros_like(ok)
-            for mode, condition in action.stops:
-                if mode == "until":
-                    until = until | self._mask(condition, _pass_values(current, previous, base_norm))
-            rows = ok & ~until
+            rows = ok
+            if any(mode == "until" for mode, _ in action.stops):
+                values = _pass_values(current, previous, base_norm)
+                for mode, condition in action.stops:
+                    if mode == "until":
+                        rows = rows & ~self._mask(condition, values)
             self.extra_layer_passes += action.layer - action.first + 1
-            if done + 1 < action.passes and not bool(rows.any()):
+            if done + 1 < action.passes and self._idle(rows):
                 break
         block.commit()
         return current, accepted
@@ -402,6 +504,31 @@ def _is_noop(action) -> bool:
     return False
 
 
+def _may_overflow(action) -> bool:
+    """Actions that can turn a finite state non-finite: adding more than the state itself, or scaling it
+    up. (A convex mix, a clamp, a scale by at most 1 cannot; a recursion checks its candidates.)"""
+    match action:
+        case P.SteerPlan(mode="add", coefficient=c) if abs(c) > 1:
+            return True
+        case P.SteerPlan(mode="add", vector=str()):
+            return True
+        case P.SuppressPlan(mode="scale", value=s) if abs(s) > 1:
+            return True
+    return False
+
+
+def _refuse_overflow(plan: P.Plan, name: str, vector: torch.Tensor, dtype: torch.dtype) -> None:
+    """A steering vector whose coefficient makes it overflow the model's dtype is refused before the run."""
+    largest = float(vector.float().abs().max()) if vector.numel() else 0.0
+    limit = torch.finfo(dtype).max
+    for rule in plan.rules:
+        for action in rule.actions:
+            if isinstance(action, P.SteerPlan) and action.vector == name and abs(action.coefficient) * largest > limit:
+                raise GenerationError.one(
+                    f"`steer {action.coefficient:g}*{name}` overflows {dtype}: the steered state would be "
+                    "infinite", path=rule.origin, hint="use a smaller coefficient")
+
+
 def _phase_mask(phase: str, rows: StepRows) -> torch.Tensor | bool:
     """Which rows a rule of `phase` may act on: True (all), False (none) or a mask."""
     if phase == "all" or rows.phase == ("decode" if phase == "decode" else "prefill"):
@@ -411,15 +538,29 @@ def _phase_mask(phase: str, rows: StepRows) -> torch.Tensor | bool:
     return rows.decode if phase == "decode" else ~rows.decode
 
 
+def _read_during_step(plan: P.Plan) -> list:
+    """The expressions evaluated while a step runs: conditions, stop conditions, estimators' values."""
+    nodes = [r.condition for r in plan.rules] + [e.observable for e in plan.estimators]
+    return nodes + [c for r in plan.rules for a in r.actions if isinstance(a, P.RecursePlan) for _, c in a.stops]
+
+
+def _layers_of(node) -> set[int]:
+    layers: set[int] = set()
+    for item in P.walk(node):
+        if isinstance(item, P.Observe):
+            layers.add(item.layer)
+        elif isinstance(item, P.Reduce):
+            layers.update(item.layers)
+    return layers
+
+
 def _observations_needed(plan: P.Plan) -> dict[int, set]:
     """Per layer, what to observe: the norm at every layer observed, read or acted at, plus what
     conditions, estimators and stop conditions read (`growth`, `cos`, `("cos", vector)`)."""
     needs: dict[int, set] = {layer: {"norm"} for layer in plan.observe}
     for step in plan.schedule:
         needs.setdefault(step.layer, {"norm"})
-    nodes = [r.condition for r in plan.rules] + [e.observable for e in plan.estimators]
-    nodes += [c for r in plan.rules for a in r.actions if isinstance(a, P.RecursePlan) for _, c in a.stops]
-    for node in nodes:
+    for node in _read_during_step(plan):
         for item in P.walk(node):
             if isinstance(item, P.Observe):
                 kind = ("cos", item.vector) if item.vector else item.observable
@@ -440,10 +581,6 @@ def _pass_values(state: torch.Tensor, previous: torch.Tensor, base_norm: torch.T
 def l2(hidden: torch.Tensor) -> torch.Tensor:
     """The ℓ2 norm over the hidden dimension, computed in float32 whatever the model's dtype."""
     return torch.linalg.vector_norm(hidden, dim=-1, dtype=torch.float32)
-
-
-def _finite(value) -> torch.Tensor | bool:
-    return torch.isfinite(value) if torch.is_tensor(value) else math.isfinite(value)
 
 
 def _streak_slots(node) -> list[int]:

@@ -21,7 +21,7 @@ from l2lang.plan import Plan
 class StepRecord:
     rows: StepRows
     slot_uids: tuple[int | None, ...]  # the request holding each slot during this step
-    steps: torch.Tensor                # int64 [N]: each row's decode step (0 for prompt rows)
+    steps: torch.Tensor | int          # each row's decode step (0 for prompt rows), int64 [N] or one for all
     layers: tuple[int, ...]            # the observed layers, in the order of `norms`
     norms: torch.Tensor                # float32 [len(layers), N]
     effects: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # (rule, action) -> bool [N]
@@ -46,15 +46,16 @@ def request_rows(records: list[StepRecord], uids: list[int]) -> dict[int, Reques
     """Each request's valid rows, gathered from the records (host-side; for traces and calibration)."""
     wanted = set(uids)
     parts: dict[int, list[tuple[str, int, torch.Tensor]]] = {uid: [] for uid in uids}
-    layers: tuple[int, ...] = records[0].layers if records else ()
+    layers: tuple[int, ...] = tuple(sorted(records[0].layers)) if records else ()
     for record in records:
         valid = record.rows.valid.cpu()
-        slots, decode, steps = record.rows.slots.cpu(), record.rows.decode.cpu(), record.steps.cpu()
-        norms = record.norms.cpu()
+        slots, decode, steps = record.rows.slots.cpu(), record.rows.decode.cpu(), _per_row(record.steps, record.rows.size)
+        order = [record.layers.index(layer) for layer in layers]  # in layer order
+        norms = record.norms[order].cpu()
         for row in valid.nonzero().flatten().tolist():
             uid = record.slot_uids[int(slots[row])]
             if uid in wanted:
-                parts[uid].append(("decode" if decode[row] else "prefill", int(steps[row]), norms[:, row]))
+                parts[uid].append(("decode" if decode[row] else "prefill", steps[row], norms[:, row]))
     out = {}
     for uid, items in parts.items():
         stacked = torch.stack([n for _, _, n in items]) if items else torch.zeros(0, len(layers))
@@ -95,7 +96,7 @@ def build_report(plan: Plan, records: list[StepRecord], uids: list[int], nonfini
     for record in records:
         if not record.effects:
             continue
-        slots, decode, steps = record.rows.slots.cpu(), record.rows.decode.cpu(), record.steps.cpu()
+        slots, decode, steps = record.rows.slots.cpu(), record.rows.decode.cpu(), _per_row(record.steps, record.rows.size)
         for (rule_id, index), effect in record.effects.items():
             action = actions[(rule_id, index)]
             hits = effect.cpu()
@@ -104,7 +105,7 @@ def build_report(plan: Plan, records: list[StepRecord], uids: list[int], nonfini
                 if uid not in traces:
                     continue
                 counts[labels[(rule_id, index)]] += 1
-                entry = {"step": int(steps[row]), "phase": "decode" if decode[row] else "prefill", "rule": rule_id,
+                entry = {"step": steps[row], "phase": "decode" if decode[row] else "prefill", "rule": rule_id,
                          "action": action.kind, "layer": action.layer}
                 trace = traces[uid]
                 if not trace or trace[-1] != entry:  # one entry per (step, rule, action) of a request
@@ -112,3 +113,8 @@ def build_report(plan: Plan, records: list[StepRecord], uids: list[int], nonfini
     passes = sum(r.extra_layer_passes for r in records)
     return Report(plan.fingerprint, dict(sorted(counts.items())), [{"interventions": traces[u]} for u in uids],
                   passes, nonfinite)
+
+
+def _per_row(steps: torch.Tensor | int, rows: int) -> list[int]:
+    """A record's decode steps, one per row."""
+    return steps.tolist() if torch.is_tensor(steps) else [steps] * rows

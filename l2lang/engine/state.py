@@ -8,6 +8,11 @@ estimator, seeded coins and state banks, all as masked tensor operations over ma
 
 from __future__ import annotations
 
+import functools
+import math
+import os
+import warnings
+
 import torch
 
 from l2lang.plan import Plan
@@ -52,36 +57,47 @@ def request_keys(input_ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return mix64(key + ordinal * _GOLDEN)
 
 
+def coin_salts(seed: int, slot: int) -> int:
+    """The part of a coin's salt fixed by the run seed and the chance slot (docs/semantics.md §2)."""
+    return _signed(seed * 1_000_003 + slot * 104_729)
+
+
+def uniform_from_salts(keys: torch.Tensor, bases: torch.Tensor, steps: torch.Tensor | int) -> torch.Tensor:
+    """Uniform draws in [0, 1), [slots, N]: for chance slot c (base salt `bases[c]`, see `coin_salts`) and
+    row i, determined by (seed, request key `keys[i]`, decode step `steps` (a number, or one per row),
+    slot): u = (mix(key XOR mix(base + step·7919)) >> 11) · 2^-53, arithmetic mod 2^64."""
+    salts = mix64(bases + steps * 7919) if isinstance(steps, int) else mix64(bases[:, None] + steps[None, :] * 7919)
+    mixed = mix64(keys[None, :] ^ (salts[:, None] if isinstance(steps, int) else salts))
+    return _shift(mixed, 11).to(torch.float64) * (2.0 ** -53)
+
+
 def uniform(seed: int, keys: torch.Tensor, steps: torch.Tensor | int, slot: int) -> torch.Tensor:
-    """One uniform draw in [0, 1) per row, determined by (seed, request key, decode step, chance slot)."""
-    base = _signed(seed * 1_000_003 + slot * 104_729)
-    if isinstance(steps, int):
-        salt: torch.Tensor | int = _mix_int(base + steps * 7919)
-    else:
-        salt = mix64(steps * 7919 + base)
-    return _shift(mix64(keys ^ salt), 11).to(torch.float64) * (2.0 ** -53)
-
-
-def _mix_int(x: int) -> int:
-    """mix64 on a Python int (so a salt never needs a host-to-device copy)."""
-    x &= _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return _signed(x ^ (x >> 31))
+    """One uniform draw in [0, 1) per row for one chance slot (see `uniform_from_salts`)."""
+    bases = torch.tensor([coin_salts(seed, slot)], dtype=torch.int64, device=keys.device)
+    return uniform_from_salts(keys, bases, steps)[0]
 
 
 class Quartiles:
-    """P² estimator of the quartiles (markers at 0, ¼, ½, ¾, 1) for many streams at once."""
+    """P² estimators of the quartiles (markers at 0, ¼, ½, ¾, 1) for many streams at once, each with the
+    threshold it gives, `tau` = Q3 + k·max(Q3 − Q1, iqr_floor) once `warmup` values were absorbed (else NaN).
+
+    One `add` is one P² step for every stream, and recomputes `tau`: on a GPU (or with
+    L2LANG_COMPILE=1) the whole step is one compiled function (`torch.compile`), else about 170 small
+    tensor operations.
+    """
 
     PROBS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
-    def __init__(self, streams: int, device: torch.device):
+    def __init__(self, streams: int, device: torch.device, k: torch.Tensor | float = 1.5,
+                 iqr_floor: torch.Tensor | float = 1e-3, warmup: torch.Tensor | float = 5):
         self.count = torch.zeros(streams, dtype=torch.int64, device=device)
         self.heights = torch.zeros(streams, 5, dtype=torch.float64, device=device)
         self.positions = torch.arange(1, 6, dtype=torch.float64, device=device).repeat(streams, 1)
         self.desired = self.positions.clone()
-        self.step = torch.tensor(self.PROBS, dtype=torch.float64, device=device)
-        self._markers = torch.arange(5, device=device)[None, :]
+        self.k, self.iqr_floor, self.warmup = (torch.as_tensor(v, dtype=torch.float64, device=device).expand(streams)
+                                               for v in (k, iqr_floor, warmup))
+        self.tau = torch.full((streams,), float("nan"), device=device)
+        self._step = _p2_step_for(device)
 
     def reset(self, streams: torch.Tensor) -> None:
         """Empty the streams whose indices are given (a slot handed to a new request)."""
@@ -89,55 +105,78 @@ class Quartiles:
         self.heights[streams] = 0
         self.positions[streams] = torch.arange(1, 6, dtype=torch.float64, device=self.count.device)
         self.desired[streams] = self.positions[streams]
+        self.tau[streams] = float("nan")
 
     def add(self, value: torch.Tensor, mask: torch.Tensor) -> None:
         """Absorb `value[i]` into stream i where `mask[i]` (and the value is finite)."""
-        x = value.to(torch.float64)
-        mask = mask & torch.isfinite(x)
-        x = torch.where(mask, x, torch.zeros_like(x))
-        filling = mask & (self.count < 5)
-        slot = self.count.clamp(max=4)
-        filled = self.heights.scatter(1, slot[:, None], x[:, None])
-        self.heights = torch.where(filling[:, None], filled, self.heights)
-        just_full = filling & (self.count == 4)
-        self.heights = torch.where(just_full[:, None], self.heights.sort(dim=1).values, self.heights)
-        self._update(x, mask & (self.count >= 5))
-        self.count = self.count + mask.to(torch.int64)
+        self.count, self.heights, self.positions, self.desired, self.tau = self._step(
+            self.count, self.heights, self.positions, self.desired, value, mask, self.k, self.iqr_floor, self.warmup)
 
-    def _update(self, x: torch.Tensor, mask: torch.Tensor) -> None:
-        """One P² step. Every change is masked, so streams outside `mask` keep their markers exactly.
 
-        Markers are handled as lists of columns (one `unbind`, one `stack`) rather than indexed in place.
-        """
-        q, n = self.heights, self.positions
-        cell = (x[:, None] >= q[:, 1:4]).sum(dim=1)  # 0..3: the cell x falls in
-        n = n + ((self._markers > cell[:, None]) & mask[:, None]).to(n.dtype)
-        desired = self.desired + self.step * mask[:, None].to(n.dtype)
-        qs, ns, ds = list(q.unbind(1)), list(n.unbind(1)), desired.unbind(1)
-        qs[0] = torch.where(mask & (x < qs[0]), x, qs[0])
-        qs[4] = torch.where(mask & (x > qs[4]), x, qs[4])
-        for i in (1, 2, 3):
-            d = ds[i] - ns[i]
-            left, right = ns[i] - ns[i - 1], ns[i + 1] - ns[i]
-            move = mask & (((d >= 1) & (right > 1)) | ((d <= -1) & (left > 1)))
-            sign = torch.sign(d)
-            parabolic = qs[i] + sign / (ns[i + 1] - ns[i - 1]) * (
-                (left + sign) * (qs[i + 1] - qs[i]) / right + (right - sign) * (qs[i] - qs[i - 1]) / left)
-            up = sign > 0
-            neighbour = torch.where(up, qs[i + 1], qs[i - 1])
-            neighbour_n = torch.where(up, ns[i + 1], ns[i - 1])
-            linear = qs[i] + sign * (neighbour - qs[i]) / (neighbour_n - ns[i])
-            inside = (qs[i - 1] < parabolic) & (parabolic < qs[i + 1])
-            qs[i] = torch.where(move, torch.where(inside, parabolic, linear), qs[i])
-            ns[i] = torch.where(move, ns[i] + sign, ns[i])
-        self.heights, self.positions, self.desired = torch.stack(qs, dim=1), torch.stack(ns, dim=1), desired
+def p2_step(count, heights, positions, desired, value, mask, k, iqr_floor, warmup):
+    """One P² step (Jain & Chlamtac, 1985) for every stream, masked so that streams outside `mask` keep
+    their markers exactly; then each stream's threshold. Returns (count, heights, positions, desired, tau).
 
-    def threshold(self, k: float | torch.Tensor, iqr_floor: float | torch.Tensor,
-                  warmup: float | torch.Tensor) -> torch.Tensor:
-        """Q3 + k·max(IQR, floor) per stream; NaN until `warmup` values were absorbed."""
-        q1, q3 = self.heights[:, 1], self.heights[:, 3]
-        value = q3 + k * torch.clamp(q3 - q1, min=iqr_floor)
-        return torch.where(self.count >= warmup, value, torch.full_like(value, float("nan")))
+    Markers are handled as lists of columns (one `unbind`, one `stack`) rather than indexed in place.
+    """
+    x = value.to(torch.float64)
+    mask = mask & (x.abs() < math.inf)
+    x = torch.where(mask, x, 0.0)
+    filling = mask & (count < 5)
+    filled = heights.scatter(1, count.clamp(max=4)[:, None], x[:, None])
+    heights = torch.where(filling[:, None], filled, heights)
+    heights = torch.where((filling & (count == 4))[:, None], heights.sort(dim=1).values, heights)
+    update = mask & (count >= 5)
+    cell = (x[:, None] >= heights[:, 1:4]).sum(dim=1)  # 0..3: the cell x falls in
+    markers = torch.arange(5, device=x.device)
+    positions = positions + ((markers > cell[:, None]) & update[:, None]).to(positions.dtype)
+    desired = desired + torch.tensor(Quartiles.PROBS, dtype=torch.float64, device=x.device) * update[:, None]
+    qs, ns, ds = list(heights.unbind(1)), list(positions.unbind(1)), desired.unbind(1)
+    qs[0] = torch.where(update & (x < qs[0]), x, qs[0])
+    qs[4] = torch.where(update & (x > qs[4]), x, qs[4])
+    for i in (1, 2, 3):
+        d = ds[i] - ns[i]
+        left, right = ns[i] - ns[i - 1], ns[i + 1] - ns[i]
+        move = update & (((d >= 1) & (right > 1)) | ((d <= -1) & (left > 1)))
+        sign = torch.sign(d)
+        parabolic = qs[i] + sign / (ns[i + 1] - ns[i - 1]) * (
+            (left + sign) * (qs[i + 1] - qs[i]) / right + (right - sign) * (qs[i] - qs[i - 1]) / left)
+        up = sign > 0
+        neighbour = torch.where(up, qs[i + 1], qs[i - 1])
+        neighbour_n = torch.where(up, ns[i + 1], ns[i - 1])
+        linear = qs[i] + sign * (neighbour - qs[i]) / (neighbour_n - ns[i])
+        inside = (qs[i - 1] < parabolic) & (parabolic < qs[i + 1])
+        qs[i] = torch.where(move, torch.where(inside, parabolic, linear), qs[i])
+        ns[i] = torch.where(move, ns[i] + sign, ns[i])
+    heights, positions = torch.stack(qs, dim=1), torch.stack(ns, dim=1)
+    count = count + mask.to(torch.int64)
+    q1, q3 = heights[:, 1], heights[:, 3]
+    tau = torch.where(count >= warmup, q3 + k * torch.maximum(q3 - q1, iqr_floor), math.nan).float()
+    return count, heights, positions, desired, tau
+
+
+@functools.cache
+def _compiled_p2_step():
+    return torch.compile(p2_step, dynamic=True, fullgraph=True)
+
+
+def _p2_step_for(device: torch.device):
+    """`p2_step`, compiled where that pays: on a GPU, or anywhere with L2LANG_COMPILE=1 (L2LANG_COMPILE=0:
+    never). A compiler that fails falls back to the plain function, with a warning."""
+    wanted = os.environ.get("L2LANG_COMPILE", "auto")
+    if wanted == "0" or (wanted != "1" and device.type == "cpu"):
+        return p2_step
+    compiled = _compiled_p2_step()
+
+    def step(*args):
+        try:
+            return compiled(*args)
+        except Exception as exc:  # a missing or broken compiler must not stop generation
+            warnings.warn(f"l2lang: torch.compile failed ({type(exc).__name__}); estimators run uncompiled",
+                          RuntimeWarning, stacklevel=2)
+            os.environ["L2LANG_COMPILE"] = "0"
+            return p2_step(*args)
+    return step
 
 
 class Bank:
@@ -197,13 +236,15 @@ class Bank:
 
     def nearest(self, slots: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per row: the banked state of its slot with the highest cosine to `state`, and that cosine
-        (-inf where the bank is empty)."""
+        (-inf where the bank is empty). The banked states' norms are kept, so a cosine is one dot product."""
         states, norms = self.states[slots], self.norms[slots]
-        cos = torch.nn.functional.cosine_similarity(states.float(), state.float()[:, None, :], dim=-1)
-        cos = torch.where(torch.isfinite(norms), cos, torch.full_like(cos, float("-inf")))
-        best = cos.argmax(dim=1)
-        chosen = states.gather(1, best[:, None, None].expand(-1, 1, states.shape[-1])).squeeze(1)
-        return chosen, cos.gather(1, best[:, None]).squeeze(1)
+        dots = torch.bmm(states.float(), state.float()[:, :, None])[..., 0]                    # [rows, K]
+        cos = dots / (norms * torch.linalg.vector_norm(state, dim=-1, dtype=torch.float32)[:, None]).clamp(min=1e-8)
+        cos = torch.where(norms > -math.inf, cos, -math.inf)
+        best = cos.argmax(dim=1, keepdim=True)
+        chosen = states.gather(1, best[..., None].expand(-1, 1, states.shape[-1]))[:, 0]
+        return chosen, cos.gather(1, best)[:, 0]
+
 
 class RequestTable:
     """The state of every running request, one slot each (plus one scratch slot at index `capacity`).
@@ -238,14 +279,20 @@ class RequestTable:
             "cooldown_until": zeros(len(plan.rules)) - 1,
             "latched": zeros(len(self.deferring), dtype=torch.bool),
         }
-        quartiles = Quartiles(len(self.local) * size, device)
+        specs = [plan.thresholds[e.threshold] for e in self.local]
+
+        def per_stream(values: list[float]) -> torch.Tensor:  # one entry per (estimator, slot) stream
+            return torch.tensor(values, dtype=torch.float64, device=device).repeat_interleave(size)
+
+        quartiles = Quartiles(len(self.local) * size, device, per_stream([t.k for t in specs]),
+                              per_stream([t.iqr_floor for t in specs]), per_stream([t.warmup for t in specs]))
         banks = {key: Bank(size, plan.banks[key[0]], self.hidden, self.dtype, device) for key in self.bank_keys}
         if old:
             for name, tensor in fields.items():
                 tensor[..., :old] = getattr(self, name)[..., :old]
             for i in range(len(self.local)):
                 new, was = slice(i * size, i * size + old), slice(i * (old + 1), i * (old + 1) + old)
-                for name in ("count", "heights", "positions", "desired"):
+                for name in ("count", "heights", "positions", "desired", "tau"):
                     getattr(quartiles, name)[new] = getattr(self.quartiles, name)[was]
             for key, bank in banks.items():
                 for name in ("states", "norms", "ages"):
@@ -253,14 +300,7 @@ class RequestTable:
                 bank.clock = self.banks[key].clock
         self.__dict__.update(fields)
         self.quartiles, self.banks, self.capacity = quartiles, banks, capacity
-        specs = [plan.thresholds[e.threshold] for e in self.local]
-
-        def per_stream(values: list[float]) -> torch.Tensor:  # one entry per (estimator, slot) stream
-            return torch.tensor(values, dtype=torch.float64, device=device).repeat_interleave(size)
-
-        self.k = per_stream([t.k for t in specs])
-        self.iqr_floor = per_stream([t.iqr_floor for t in specs])
-        self.warmup = per_stream([t.warmup for t in specs])
+        self.arange = torch.arange(size, device=device)
 
     @property
     def scratch(self) -> int:

@@ -118,8 +118,10 @@ class Run:
             slots, uids = executor.start_requests(request_keys(ids, valid))
             assert slots.tolist() == list(range(batch))
             self.calls.append((len(executor.records), uids))
-            self.finished = torch.zeros(batch, dtype=torch.bool, device=device)
             self.decode_step = 0
+            self.running = torch.ones(batch, dtype=torch.bool, device=device)  # requests not finished yet
+            self.request_rows = torch.arange(batch, device=device)
+            self.all_decode = torch.ones(batch, dtype=torch.bool, device=device)
             rows = StepRows(slots=torch.arange(batch, device=device).repeat_interleave(width),
                             decode=torch.zeros(batch * width, dtype=torch.bool, device=device),
                             valid=valid.reshape(-1), phase="prefill",
@@ -129,13 +131,12 @@ class Run:
             if width != 1:
                 raise GenerationError.one(f"l2lang decodes one token per step; this call feeds {width}",
                                           path="<generate>", hint="assisted or speculative decoding is not supported")
-            if input_ids is not None:
-                self.finished |= (input_ids[:, -1:] == self.eos).any(dim=-1)  # cheaper than isin for a few ids
+            if input_ids is not None:  # a request that fed back an end-of-sequence token has finished
+                self.running = self.running & torch.isin(input_ids[:, -1], self.eos, invert=True)
             self.decode_step += 1
-            rows = StepRows(slots=torch.arange(batch, device=device),
-                            decode=torch.ones(batch, dtype=torch.bool, device=device), valid=~self.finished,
-                            phase="decode")
-            executor.begin_step(rows, common_step=self.decode_step)
+            rows = StepRows(slots=self.request_rows, decode=self.all_decode,
+                            valid=self.running, phase="decode", step=self.decode_step)
+            executor.begin_step(rows)
         return None
 
     def _end_step(self, module, args, kwargs, output):
@@ -148,16 +149,20 @@ class Run:
     def _layer_hook(self, index: int):
         executor = self.executor
 
+        wants_input, recorded = executor.wants_input(index), index in executor.block_layers
+
         def hook(module, args, kwargs, output):
             if executor.rows is None:
                 return output
-            if index in executor.block_layers:
-                self.layer_calls[index] = (args, kwargs)
             hidden = output[0] if isinstance(output, tuple) else output
-            before = args[0] if args else kwargs["hidden_states"]
+            if executor.defer(index, hidden):  # observed only: its norm is taken at the end of the step
+                return output
+            if recorded:
+                self.layer_calls[index] = (args, kwargs)
             size = hidden.shape[-1]
+            before = (args[0] if args else kwargs["hidden_states"]).view(-1, size) if wants_input else None
             flat = hidden.view(-1, size)
-            new = executor.after_layer(index, flat, before.view(-1, size))
+            new = executor.after_layer(index, flat, before)
             if new is flat:
                 return output
             new = new.view(hidden.shape)
@@ -187,7 +192,7 @@ class _Block:
         self.run_, self.first, self.last = run, first, last
         self.view = (RefreshView if kv == "refresh" else FrozenView)(run.cache)
 
-    def run(self, hidden: torch.Tensor) -> torch.Tensor:
+    def run(self, hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         run, cache, view = self.run_, self.run_.cache, self.view
         state = hidden.view(*run.shape, -1)
         for j in range(self.first, self.last + 1):
