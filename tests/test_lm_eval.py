@@ -99,10 +99,10 @@ def test_baseline_answers_as_lm_evals_own_hf_model(cli_baseline, tasks) -> None:
 
 
 @pytest.fixture(scope="module")
-def card() -> L2LangLM:
+def card(tmp_path_factory) -> L2LangLM:
     """The design card with a threshold it always passes: it recurses and steers on every decode step."""
     return L2LangLM(pretrained="smollm2-135m", strategy=str(ROOT / "examples" / "card.l2"), set="tau:1e9",
-                    device="cpu", batch_size=2)
+                    device="cpu", batch_size=2, interventions=str(tmp_path_factory.mktemp("card") / "i.jsonl"))
 
 
 def test_a_strategy_that_fires_changes_generations_but_not_loglikelihoods(cli_baseline, card, tasks, capsys) -> None:
@@ -120,6 +120,10 @@ def test_a_strategy_that_fires_changes_generations_but_not_loglikelihoods(cli_ba
                                                      "steer@24": counts["generate_until"]["interventions"] // 2}
     assert counts["loglikelihood"]["interventions"] == 0
     assert "every rule of" in capsys.readouterr().err
+    lines = [json.loads(line) for line in card.settings.interventions.read_text().splitlines()]
+    generated = [x for x in lines if x["request_type"] == "generate_until"]
+    assert sorted(x["doc_id"] for x in generated) == list(range(LIMIT)) and all(x["interventions"] for x in generated)
+    assert sum(x["interventions"] for x in generated) == counts["generate_until"]["interventions"]
 
 
 def test_a_prefill_rule_changes_loglikelihoods(cli_baseline, tasks) -> None:
