@@ -200,6 +200,8 @@ def test_mistakes_fail_before_the_first_request_with_l2langs_message(tmp_path: P
         L2LangLM(pretrained="smollm2-135m", strategy="nope")
     with pytest.raises(L2Error, match="tauu"):
         L2LangLM(pretrained="smollm2-135m", strategy=str(ROOT / "examples" / "card.l2"), set="tauu:3")
+    with pytest.raises(L2Error, match="a bundle's params are frozen"):
+        L2LangLM(pretrained="smollm2-135m", strategy=str(ROOT / "examples" / "card.l2b"), set="tau:3")
     deep = tmp_path / "deep.l2"
     deep.write_text("# reads a layer SmolLM2 does not have\nif norm[40] > 1 suppress scale 0.5\n", encoding="utf-8")
     monkeypatch.chdir(ROOT)

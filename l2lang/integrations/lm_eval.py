@@ -311,7 +311,8 @@ class L2LangLM(TemplateLM):
                                                   continue_final_message=not add_generation_prompt)
 
     def get_model_info(self) -> dict:
-        """Added to the results' `config` once the harness has run: the strategy and its interventions."""
+        """Added to the results' `config` once the harness has run: the strategy, its interventions and, for
+        a bundle, what `l2lang run` records of it (id, the model it was packed for, whether it ran on other weights)."""
         plan = self.plan
         return {"l2lang": {
             "strategy": self.settings.strategy, "fingerprint": plan.fingerprint, "params": plan.params,
@@ -319,6 +320,7 @@ class L2LangLM(TemplateLM):
             "weights_sha256": self.backend.weights_sha256, "layers": plan.layers, "seed": self.settings.seed,
             "dtype": self.settings.dtype, "interventions": self.log.as_dict(),
             "interventions_file": str(self.settings.interventions) if self.settings.interventions else None,
+            "bundle": bundle.record() if (bundle := self.strategy.program.bundle) is not None else None,
         }}
 
     # -- requests ----------------------------------------------------------------------------------
