@@ -56,20 +56,28 @@ class Counting(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def generate(model, tokenizer, batch, tokens: int, strategy=None, gpu_policy: bool = False) -> None:
-    kwargs = dict(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+def generate(model, tokenizer, batch, tokens: int, strategy=None, gpu_policy: bool = False, sampled=None) -> None:
+    kwargs = dict(max_new_tokens=tokens, min_new_tokens=tokens, pad_token_id=tokenizer.pad_token_id)
     plan = plan_for(strategy, model) if strategy else None
-    if plan is not None and plan.sample is not None:
-        kwargs.update(do_sample=True, num_return_sequences=plan.sample.count, temperature=plan.sample.temperature)
+    sampled = sampled or {"do_sample": False}
+    if plan is not None:
+        sampled = sampling(plan)
     torch.manual_seed(0)
-    if strategy is None:
-        model.generate(**batch, **kwargs)
+    if strategy is None:  # plain generate, sampling as `sampled` would
+        model.generate(**batch, **kwargs, **sampled)
         return
     with Run(strategy, model, tokenizer, 0, caller_selects=True) as run:
         run.executor.skip_idle = not gpu_policy
-        model.generate(**batch, **kwargs)
+        model.generate(**batch, **kwargs, **sampled)
     if plan.select is not None:
         candidate_scores(*run.last_call(), plan.select)
+
+
+def sampling(plan) -> dict:
+    """How a plan decodes: greedy, or sampling N return sequences (plain generate is compared doing the same)."""
+    if plan.sample is None:
+        return {"do_sample": False}
+    return {"do_sample": True, "num_return_sequences": plan.sample.count, "temperature": plan.sample.temperature}
 
 
 def count_dispatched(*args, **kwargs) -> tuple[int, int]:
@@ -112,7 +120,8 @@ def count_profiled(*args, **kwargs) -> tuple[int, int]:
 
 
 def per_step(fn, model, tokenizer, batch, tokens: int, strategy, **kwargs) -> list[float]:
-    mine, plain = fn(model, tokenizer, batch, tokens, strategy, **kwargs), fn(model, tokenizer, batch, tokens)
+    mine = fn(model, tokenizer, batch, tokens, strategy, **kwargs)
+    plain = fn(model, tokenizer, batch, tokens, sampled=sampling(plan_for(strategy, model)))
     return [(m - p) / (tokens - 1) for m, p in zip(mine, plain)]
 
 

@@ -8,11 +8,14 @@ implements the engine's `LayerBackend` (l2lang.engine.backend) inside its infere
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from l2lang.engine.backend import Capabilities
 from l2lang.engine.generation import Generation
+from l2lang.engine.scores import Scores
 from l2lang.engine.strategy import Strategy
+from l2lang.errors import UnsupportedError
 from l2lang.plan import Plan
 
 
@@ -48,16 +51,42 @@ class Backend(ABC):
     def decode(self, token_ids: list[int]) -> str:
         """The text of these tokens (special tokens kept)."""
 
+    # -- for harnesses that tokenize themselves (l2lang.integrations.lm_eval) ----------------------
+    @property
+    def tokenizer(self):
+        """The model's Hugging Face tokenizer."""
+        raise self._lacks("a tokenizer")
+
+    @property
+    def context_length(self) -> int | None:
+        """The positions the model has (prompt and generated tokens together), None when it does not say."""
+        raise self._lacks("a context length")
+
+    def generate_ids(self, strategy: Strategy, prompts: list[list[int]], *, seed: int = 0, max_new_tokens: int = 64,
+                     sampling: Sampling | None = None, stop: Sequence[str] = ()) -> Generation:
+        """`generate` for prompts given as token ids, fed as they are (no chat template, no special tokens
+        added). A sequence also ends once the text it generated (not the prompt) contains one of the `stop`
+        strings, which stays in its output; the strategy sees it finish there."""
+        raise self._lacks("generation from token ids")
+
+    def score(self, strategy: Strategy, sequences: list[list[int]], *, seed: int = 0) -> Scores:
+        """Each sequence read in one prefill pass (each its own request): the strategy's prefill-phase rules act
+        at every position but the last; decode-phase rules never act (there is no decode step). Refused for a
+        strategy with `sample`/`select`, which choose among generated answers."""
+        raise self._lacks("scoring of token sequences")
+
+    def _lacks(self, what: str) -> UnsupportedError:
+        return UnsupportedError.one(f"the {self.name} backend does not offer {what}", path="<backend>")
+
     def close(self) -> None:
         """Release the engine (processes, memory)."""
 
 
-def open_backend(name: str, model: str, *, dtype: str = "float32") -> Backend:
-    """The backend `name` ("hf") with `model` loaded: an alias, a local folder, a .gguf file or a hub id."""
+def open_backend(name: str, model: str, *, dtype: str = "float32", device: str | None = None) -> Backend:
+    """The backend `name` ("hf") with `model` loaded: an alias, a local folder, a .gguf file or a hub id;
+    on `device` (a torch device such as "cuda:0"; default: the CPU)."""
     if name == "hf":
         from l2lang.backends.hf.backend import HFBackend
 
-        return HFBackend.load(model, dtype=dtype)
-    from l2lang.errors import UnsupportedError
-
+        return HFBackend.load(model, dtype=dtype, device=device)
     raise UnsupportedError.one(f"unknown backend {name!r}", hint="backends: hf", path="<command line>")

@@ -30,7 +30,7 @@ import torch
 from l2lang import plan as P
 from l2lang.engine.backend import LayerBackend, StepRows
 from l2lang.engine.records import StepRecord
-from l2lang.engine.state import Quartiles, RequestTable, coin_salts, uniform_from_salts
+from l2lang.engine.state import TAU_BOUND, Quartiles, RequestTable, coin_salts, uniform_from_salts
 from l2lang.errors import GenerationError
 
 COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq,
@@ -105,6 +105,7 @@ class Executor:
         self.observations: dict[tuple, torch.Tensor] = {}
         self.finite: dict[int, torch.Tensor] = {}
         self.usable: dict[int, torch.Tensor] = {}
+        self.reading: int | None = None
         self.decisions: dict[int, torch.Tensor] = {}
         self.draws: torch.Tensor | None = None
         self.effects: dict[tuple[int, int], torch.Tensor] = {}
@@ -291,7 +292,9 @@ class Executor:
         phase = _phase_mask(rule.phase, rows)
         if phase is False:
             return torch.zeros_like(rows.valid)
+        self.reading = rule.read_layer  # (its rows are checked finite by `_usable`: see `_finite_check`)
         mask = self._usable(rule.read_layer) & self._mask(rule.condition)
+        self.reading = None
         if phase is not True:
             mask = mask & phase
         if rule.cooldown and rows.phase != "prefill":
@@ -389,14 +392,16 @@ class Executor:
     def _finite_check(self, node, value, ops) -> torch.Tensor | bool:
         """Where `value` (the operand `node` of a comparison with operators `ops`) is finite, as cheaply
         as is exact: constants are finite (the checker refuses others); a layer's norm is checked once
-        per step; an adaptive threshold is finite or NaN, and NaN already fails every comparison but !=."""
+        per step, and not at all at the read layer of the rule being decided (its decision keeps only
+        finite rows); thresholds, and arithmetic on them that cannot overflow, are finite or NaN, and
+        NaN already fails every comparison but !=."""
         if not torch.is_tensor(value):
             return math.isfinite(value)
         match node:
             case P.Observe(observable="norm", layer=layer, vector=None) if ("norm", layer) in self.observations:
-                return self._finite(layer)
-            case P.AdaptiveRef() if "!=" not in ops:
-                return True
+                return True if layer == self.reading else self._finite(layer)
+        if "!=" not in ops and _bound(node) < FLOAT32_MAX:
+            return True
         return value.abs() < math.inf
 
     def _mask(self, node, passes: dict | None = None) -> torch.Tensor:
@@ -494,6 +499,26 @@ class Executor:
             warnings.warn(f"l2lang: {count} hidden state(s) held NaN or inf; those rows were left unmodified",
                           RuntimeWarning, stacklevel=2)
         return count
+
+
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _bound(node) -> float:
+    """A bound on |value| of an expression over thresholds and constants, whatever the rows (an adaptive
+    threshold is NaN beyond `state.TAU_BOUND`); infinite for anything else."""
+    match node:
+        case P.Const(value=value):
+            return abs(value)
+        case P.AdaptiveRef():
+            return TAU_BOUND
+        case P.Arith(op="neg", args=(arg,)):
+            return _bound(arg)
+        case P.Arith(op="+" | "-", args=(a, b)):
+            return _bound(a) + _bound(b)
+        case P.Arith(op="*", args=(a, b)):
+            return _bound(a) * _bound(b)
+    return math.inf
 
 
 def _is_noop(action) -> bool:

@@ -88,11 +88,14 @@ def action_labels(plan: Plan) -> dict[tuple[int, int], str]:
 def build_report(plan: Plan, records: list[StepRecord], uids: list[int], nonfinite: int = 0) -> Report:
     """Counts per rule action and layer (every action of the plan listed, 0 when it never took effect;
     labels from `action_labels`) and, for each request in `uids` (in that order), its interventions
-    as {step, phase, rule, action, layer}."""
+    as {step, phase, rule, action, layer} (one entry per step, rule and action: a prefill rule acting at
+    several prompt positions is one entry) and its `counts` per label (every row where an action took
+    effect, as in the totals: a request's counts over all requests add up to them)."""
     actions = {(rule.id, i): action for rule in plan.rules for i, action in enumerate(rule.actions)}
     labels = action_labels(plan)
     counts: Counter[str] = Counter({label: 0 for label in labels.values()})
     traces: dict[int, list[dict]] = {uid: [] for uid in uids}
+    own: dict[int, Counter[str]] = {uid: Counter() for uid in uids}
     for record in records:
         if not record.effects:
             continue
@@ -105,14 +108,15 @@ def build_report(plan: Plan, records: list[StepRecord], uids: list[int], nonfini
                 if uid not in traces:
                     continue
                 counts[labels[(rule_id, index)]] += 1
+                own[uid][labels[(rule_id, index)]] += 1
                 entry = {"step": steps[row], "phase": "decode" if decode[row] else "prefill", "rule": rule_id,
                          "action": action.kind, "layer": action.layer}
                 trace = traces[uid]
                 if not trace or trace[-1] != entry:  # one entry per (step, rule, action) of a request
                     trace.append(entry)
     passes = sum(r.extra_layer_passes for r in records)
-    return Report(plan.fingerprint, dict(sorted(counts.items())), [{"interventions": traces[u]} for u in uids],
-                  passes, nonfinite)
+    return Report(plan.fingerprint, dict(sorted(counts.items())),
+                  [{"interventions": traces[u], "counts": dict(sorted(own[u].items()))} for u in uids], passes, nonfinite)
 
 
 def _per_row(steps: torch.Tensor | int, rows: int) -> list[int]:

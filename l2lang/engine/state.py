@@ -77,9 +77,13 @@ def uniform(seed: int, keys: torch.Tensor, steps: torch.Tensor | int, slot: int)
     return uniform_from_salts(keys, bases, steps)[0]
 
 
+TAU_BOUND = 1e30  # an adaptive threshold larger than this (in size) has no value, like one warming up
+
+
 class Quartiles:
     """P² estimators of the quartiles (markers at 0, ¼, ½, ¾, 1) for many streams at once, each with the
-    threshold it gives, `tau` = Q3 + k·max(Q3 − Q1, iqr_floor) once `warmup` values were absorbed (else NaN).
+    threshold it gives, `tau` = Q3 + k·max(Q3 − Q1, iqr_floor) once `warmup` values were absorbed (else
+    NaN; NaN too when it exceeds `TAU_BOUND`, so that arithmetic on a threshold cannot overflow).
 
     One `add` is one P² step for every stream, and recomputes `tau`: on a GPU (or with
     L2LANG_COMPILE=1) the whole step is one compiled function (`torch.compile`), else about 170 small
@@ -151,7 +155,8 @@ def p2_step(count, heights, positions, desired, value, mask, k, iqr_floor, warmu
     heights, positions = torch.stack(qs, dim=1), torch.stack(ns, dim=1)
     count = count + mask.to(torch.int64)
     q1, q3 = heights[:, 1], heights[:, 3]
-    tau = torch.where(count >= warmup, q3 + k * torch.maximum(q3 - q1, iqr_floor), math.nan).float()
+    tau = q3 + k * torch.maximum(q3 - q1, iqr_floor)
+    tau = torch.where((count >= warmup) & (tau.abs() <= TAU_BOUND), tau, math.nan).float()
     return count, heights, positions, desired, tau
 
 

@@ -116,7 +116,7 @@ class Run:
             # a new generate call: the previous call's requests are done, and slots follow batch rows
             executor.finish_requests([s for s, uid in enumerate(executor.table.uids) if uid is not None])
             slots, uids = executor.start_requests(request_keys(ids, valid))
-            assert slots.tolist() == list(range(batch))
+            assert executor.table.uids[:batch] == uids  # a fresh table: the slots are the batch rows
             self.calls.append((len(executor.records), uids))
             self.decode_step = 0
             self.running = torch.ones(batch, dtype=torch.bool, device=device)  # requests not finished yet

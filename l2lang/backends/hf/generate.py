@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from l2lang.backends.hf.attach import Run
 from l2lang.engine.generation import Generation
@@ -39,11 +40,30 @@ def encode(tokenizer, prompts: list[str], chat: bool | None) -> dict:
         if not row:
             raise GenerationError.one(f"prompt {number} ({prompts[number][:40]!r}) gives no tokens: there is nothing "
                                       "to continue", path="<generate>", hint="give the model some text")
-    pad = pad_token_id(tokenizer)
+    return left_padded(ids, pad_token_id(tokenizer))
+
+
+def left_padded(ids: list[list[int]], pad: int) -> dict:
+    """Token rows as one batch (`input_ids`, `attention_mask`), padded on the left with `pad`."""
     width = max(map(len, ids))
     return {"input_ids": torch.tensor([[pad] * (width - len(row)) + row for row in ids], dtype=torch.long),
             "attention_mask": torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids],
                                            dtype=torch.long)}
+
+
+def token_rows(tokenizer, rows: list[list[int]], *, what: str = "prompt") -> list[list[int]]:
+    """Token rows given by a caller, refused unless each is a non-empty list of the tokenizer's ids."""
+    if not rows:
+        raise GenerationError.one(f"no {what}s", path="<generate>")
+    size = len(tokenizer)
+    for number, row in enumerate(rows):
+        if not isinstance(row, (list, tuple)) or not row:
+            raise GenerationError.one(f"{what} {number} has no tokens", path="<generate>")
+        bad = next((t for t in row if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < size), None)
+        if bad is not None:
+            raise GenerationError.one(f"{what} {number} holds {bad!r}, which is not a token id of this tokenizer "
+                                      f"(0 to {size - 1})", path="<generate>")
+    return [list(row) for row in rows]
 
 
 def pad_token_id(tokenizer) -> int:
@@ -52,7 +72,6 @@ def pad_token_id(tokenizer) -> int:
     return pad if pad is not None else 0
 
 
-@torch.no_grad()
 def generate(model, tokenizer, strategy: Strategy, prompts: list[str], *, seed: int = 0, chat: bool | None = None,
              observe_all: bool = False, **generation_kwargs) -> Generation:
     """Generate for every prompt with `strategy` attached; greedy unless sampling is asked for.
@@ -60,10 +79,53 @@ def generate(model, tokenizer, strategy: Strategy, prompts: list[str], *, seed: 
     A strategy with `sample N` generates N candidates per prompt and keeps the one `select` picks.
     `observe_all` records the norm after every layer (for traces), not only the layers the plan reads.
     """
-    _check_settings(seed, generation_kwargs)
+    check_settings(seed, generation_kwargs)
+    return generate_batch(model, tokenizer, strategy, encode(tokenizer, prompts, chat), seed=seed,
+                          observe_all=observe_all, **generation_kwargs)
+
+
+def generate_ids(model, tokenizer, strategy: Strategy, prompts: list[list[int]], *, seed: int = 0,
+                 stop: Sequence[str] = (), **generation_kwargs) -> Generation:
+    """`generate` for prompts given as token ids (fed as they are). With `stop` strings, a sequence also ends
+    once the text it generated (not the prompt) contains one of them, or at the tokenizer's end-of-sequence
+    token; the rest of its row is that token, so the strategy sees the sequence finish there, as at any end
+    of sequence, and its output ends there."""
+    check_settings(seed, generation_kwargs)
+    batch = left_padded(token_rows(tokenizer, prompts), pad_token_id(tokenizer))
+    stop = [s for s in stop if s]
+    if stop:
+        eos = tokenizer.eos_token_id
+        if eos is None:
+            raise GenerationError.one("stop strings need a tokenizer with an end-of-sequence token", path="<generate>")
+        ends = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        ends = set(ends) if isinstance(ends, (list, tuple)) else {ends} if ends is not None else set()
+        criteria = StopStrings(tokenizer, stop, batch["input_ids"].shape[1])
+        generation_kwargs.update(stopping_criteria=StoppingCriteriaList([criteria]), pad_token_id=eos,
+                                 eos_token_id=sorted(ends | {eos}))
+    return generate_batch(model, tokenizer, strategy, batch, seed=seed, **generation_kwargs)
+
+
+class StopStrings(StoppingCriteria):
+    """Each row ends once the text generated after `start` contains one of the strings (decoded from its last
+    tokens: the longest string's token count and two more, as lm-evaluation-harness looks back)."""
+
+    def __init__(self, tokenizer, strings: list[str], start: int):
+        self.tokenizer, self.strings, self.start = tokenizer, strings, start
+        self.lookback = max(len(tokenizer.encode(s, add_special_tokens=False)) for s in strings) + 2
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        tails = self.tokenizer.batch_decode(input_ids[:, self.start:][:, -self.lookback:])
+        return torch.tensor([any(s in tail for s in self.strings) for tail in tails], dtype=torch.bool,
+                            device=input_ids.device)
+
+
+@torch.no_grad()
+def generate_batch(model, tokenizer, strategy: Strategy, batch: dict, *, seed: int, observe_all: bool = False,
+                   **generation_kwargs) -> Generation:
+    """Generate for a left-padded batch (`input_ids`, `attention_mask`) with `strategy` attached."""
     device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in encode(tokenizer, prompts, chat).items()}
-    _check_context(model, batch["input_ids"].shape[1], generation_kwargs.get("max_new_tokens"))
+    batch = {k: v.to(device) for k, v in batch.items()}
+    check_context(model, batch["input_ids"].shape[1], generation_kwargs.get("max_new_tokens"))
     run = Run(strategy, model, tokenizer, seed, observe_all=observe_all, caller_selects=True)
     plan = run.plan
     kwargs = {"do_sample": False, **generation_kwargs}
@@ -92,7 +154,7 @@ def generate(model, tokenizer, strategy: Strategy, prompts: list[str], *, seed: 
 MAX_SEED = 2**64 - 1  # what torch.manual_seed takes
 
 
-def _check_settings(seed: int, kwargs: dict) -> None:
+def check_settings(seed: int, kwargs: dict) -> None:
     """Refuse generation settings transformers or torch would fail on later with a traceback."""
     def refuse(message: str) -> GenerationError:
         return GenerationError.one(message, path="<generate>")
@@ -113,13 +175,19 @@ def _check_settings(seed: int, kwargs: dict) -> None:
         raise refuse(f"top_k must be a whole number of at least 1 (or None: every token), not {top_k!r}")
 
 
-def _check_context(model, prompt_tokens: int, new_tokens: int | None) -> None:
-    """Refuse a prompt and budget longer than the positions the model has (GPT-2's position table
-    would fail with an index error; a rotary model would run past what it was trained for)."""
+def context_length(model) -> int | None:
+    """The positions the model has (its config's `max_position_embeddings` or `n_positions`), if it says."""
     config = getattr(model, "config", None)
     text = getattr(config, "text_config", None) or config
     limit = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
-    if isinstance(limit, int) and new_tokens is not None and prompt_tokens + new_tokens > limit:
+    return limit if isinstance(limit, int) else None
+
+
+def check_context(model, prompt_tokens: int, new_tokens: int | None) -> None:
+    """Refuse a prompt and budget longer than the positions the model has (GPT-2's position table
+    would fail with an index error; a rotary model would run past what it was trained for)."""
+    limit = context_length(model)
+    if limit is not None and new_tokens is not None and prompt_tokens + new_tokens > limit:
         raise GenerationError.one(f"the prompt ({prompt_tokens} tokens) and max_new_tokens ({new_tokens}) go past the "
                                   f"model's {limit} positions", path="<generate>",
                                   hint=f"ask for at most {max(limit - prompt_tokens, 0)} new tokens")

@@ -1,0 +1,1 @@
+"""l2lang inside third-party tools (lm-evaluation-harness); each module needs its tool's optional extra."""
