@@ -35,6 +35,7 @@ from throughput import PROMPT, load, parse_strategy  # noqa: E402
 
 from l2lang.backends.hf.attach import Run, plan_for  # noqa: E402
 from l2lang.backends.hf.generate import encode  # noqa: E402
+from l2lang.engine.records import request_rows  # noqa: E402
 from l2lang.engine.select import candidate_scores  # noqa: E402
 
 SYNCING = {"_local_scalar_dense", "nonzero", "masked_select", "_unique2", "repeat_interleave", "item"}
@@ -70,7 +71,7 @@ def generate(model, tokenizer, batch, tokens: int, strategy=None, gpu_policy: bo
         run.executor.skip_idle = not gpu_policy
         model.generate(**batch, **kwargs, **sampled)
     if plan.select is not None:
-        candidate_scores(*run.last_call(), plan.select)
+        candidate_scores(list(request_rows(*run.last_call()).values()), plan.select)
 
 
 def sampling(plan) -> dict:

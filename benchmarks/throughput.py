@@ -22,6 +22,7 @@ from l2lang import L2Error, load_program
 from l2lang.backends.hf.attach import Run, plan_for
 from l2lang.backends.hf.generate import encode
 from l2lang.backends.hf.models import load_model
+from l2lang.engine.records import request_rows  # noqa: E402
 from l2lang.engine.select import candidate_scores
 from l2lang.engine.strategy import Strategy
 
@@ -73,7 +74,7 @@ def timed(model, tokenizer, batch, tokens: int, strategy: Strategy, attach: bool
         with Run(strategy, model, tokenizer, 0, caller_selects=True) as run:
             out = model.generate(**batch, **kwargs)
         if plan.select is not None:
-            candidate_scores(*run.last_call(), plan.select)
+            candidate_scores(list(request_rows(*run.last_call()).values()), plan.select)
         passes = run.report().extra_layer_passes
     else:
         out = model.generate(**batch, **kwargs)

@@ -32,12 +32,10 @@ def calibrate(backend: Backend, prompts: list[str], *, max_new_tokens: int = 64,
         result = backend.generate(observe_all, chunk, seed=seed, chat=chat, max_new_tokens=max_new_tokens)
         if not per_layer:
             per_layer = [[] for _ in range(result.plan.layers)]
-        for record in result.records:
-            if record.rows.phase == "prefill":
-                continue
-            live = record.rows.live_decode
+        for mine in result.rows:  # each request's generated tokens (its decode rows)
+            decode = mine.norms[[i for i, phase in enumerate(mine.phases) if phase == "decode"]]
             for layer in range(result.plan.layers):
-                per_layer[layer].append(record.norm(layer)[live].float().cpu())
+                per_layer[layer].append(decode[:, mine.layers.index(layer)])
     layers = {}
     for layer, chunks in enumerate(per_layer):
         values = torch.cat(chunks) if chunks else torch.zeros(0)

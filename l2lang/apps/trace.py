@@ -23,7 +23,6 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from l2lang.backends.base import Backend
 from l2lang.engine.generation import Generation
-from l2lang.engine.records import request_rows
 from l2lang.engine.strategy import Strategy, observe_only
 from l2lang.lang.compose import Program
 
@@ -53,13 +52,12 @@ def trace(backend: Backend, program: Program, prompts: list[str], out: str | Pat
 
 def token_rows(result: Generation, backend: Backend) -> list[dict]:
     """One row per observed token: the prompt's positions, then each generated token fed back."""
-    per_request = request_rows(result.records, result.uids)
     rows = []
-    for request, (uid, output) in enumerate(zip(result.uids, result.outputs)):
+    for request, output in enumerate(result.outputs):
         marks: dict[int, set[str]] = {}
         for mark in result.report.requests[request]["interventions"]:
             marks.setdefault(mark["step"], set()).add(f"{mark['action']}@{mark['layer']}")
-        mine = per_request[uid]
+        mine = result.rows[request]
         prompt = iter(result.prompt_ids[request])
         generated = iter(output["token_ids"])
         for phase, step, norms in zip(mine.phases, mine.steps, mine.norms.tolist()):
@@ -142,7 +140,7 @@ def _fig1(backend: Backend, prompt: str, path: Path, max_new_tokens: int, chat: 
     for suffix, label in ((STEP_BY_STEP, "step-by-step answer"), (DIRECT, "direct answer")):
         result = backend.generate(Strategy(observe_only()), [prompt + suffix], seed=seed, chat=chat,
                                   max_new_tokens=max_new_tokens)
-        mine = request_rows(result.records, result.uids)[result.uids[0]]
+        mine = result.rows[0]
         decode = mine.norms[[i for i, phase in enumerate(mine.phases) if phase == "decode"]].double()
         if not len(decode):
             continue

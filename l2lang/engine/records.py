@@ -41,6 +41,16 @@ class RequestRows:
     norms: torch.Tensor               # float32 [rows, observed layers]
     layers: tuple[int, ...]
 
+    def to_plain(self) -> dict:
+        """As plain data (lists and numbers), to cross a process boundary."""
+        return {"uid": self.uid, "phases": self.phases, "steps": self.steps, "norms": self.norms.tolist(),
+                "layers": list(self.layers)}
+
+    @classmethod
+    def from_plain(cls, data: dict) -> RequestRows:
+        norms = torch.tensor(data["norms"], dtype=torch.float32).reshape(len(data["phases"]), len(data["layers"]))
+        return cls(data["uid"], data["phases"], data["steps"], norms, tuple(data["layers"]))
+
 
 def request_rows(records: list[StepRecord], uids: list[int]) -> dict[int, RequestRows]:
     """Each request's valid rows, gathered from the records (host-side; for traces and calibration)."""

@@ -11,7 +11,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from l2lang.backends.hf.attach import Run
 from l2lang.engine.generation import Generation
-from l2lang.engine.records import build_report
+from l2lang.engine.records import build_report, request_rows
 from l2lang.engine.select import candidate_scores, select_outputs
 from l2lang.engine.strategy import Strategy
 from l2lang.errors import GenerationError
@@ -142,13 +142,15 @@ def generate_batch(model, tokenizer, strategy: Strategy, batch: dict, *, seed: i
         sequences = model.generate(**batch, **kwargs)
     records, uids = run.last_call()
     report = build_report(plan, records, uids, run.executor.warn_nonfinite())
+    per_request = request_rows(records, uids)
+    rows = [per_request[uid] for uid in uids]
     new_tokens = sequences[:, batch["input_ids"].shape[1]:]
     outputs = [_output(tokenizer, row) for row in new_tokens]
     lengths = [len(o["token_ids"]) for o in outputs]
     if plan.select is not None:
-        outputs = select_outputs(outputs, candidate_scores(records, uids, plan.select), plan)
+        outputs = select_outputs(outputs, candidate_scores(rows, plan.select), plan)
     prompt_ids = [row[mask.bool()].tolist() for row, mask in zip(batch["input_ids"], batch["attention_mask"])]
-    return Generation(outputs, report, plan, records, uids, prompt_ids, lengths)
+    return Generation(outputs, report, plan, rows, uids, prompt_ids, lengths)
 
 
 MAX_SEED = 2**64 - 1  # what torch.manual_seed takes
