@@ -2,4 +2,5 @@
 
 from l2lang.cli.main import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # (vLLM's spawned processes import this module again: they must not run it)
+    raise SystemExit(main())

@@ -45,6 +45,14 @@ def test_request_keys_ignore_padding_and_batch_position_but_separate_repeats() -
     assert torch.equal(request_keys(ids[1:2], valid[1:2]), keys[1:2])
 
 
+def test_a_request_key_computed_on_the_host_equals_the_batched_one() -> None:
+    from l2lang.engine.state import request_key
+
+    ids = torch.tensor([[0, 0, 5, 6], [5, 6, 7, 8], [0, 0, 5, 6]])
+    keys = request_keys(ids, ids != 0).tolist()
+    assert [request_key([5, 6]), request_key([5, 6, 7, 8]), request_key([5, 6], ordinal=1)] == keys
+
+
 def test_coins_are_uniform_and_reproducible() -> None:
     keys = torch.arange(1000, dtype=torch.int64)
     draws = uniform(7, keys, 3, 0)

@@ -23,6 +23,7 @@ from l2lang.apps.stats import mcnemar_exact, paired_delta, wilson
 from l2lang.apps.tasks import Task
 from l2lang.backends.base import Backend
 from l2lang.engine.answers import ANSWER_CONVENTION, extract_answer
+from l2lang.engine.generation import Generation
 from l2lang.engine.strategy import Strategy
 from l2lang.errors import L2Error
 from l2lang.lang.compose import load_program
@@ -137,14 +138,19 @@ def evaluate(backend: Backend, arms: list[Arm], task: Task, out: str | Path, *, 
     if not total:
         print(f"l2lang: already done: every answer is in {path}", file=sys.stderr)
     with item_progress(total, "eval") as advance, path.open("a", encoding="utf-8") as sink:
-        for arm, number, chunk in pending:
-            wanted = {i.id for i in missing(arm, chunk)}
-            records = _answer(backend, arm, task, chunk, position, seed=seed + number * batch_size, run=key,
-                              chat=chat, max_new_tokens=max_new_tokens)
-            sink.write("".join(json.dumps(r) + "\n" for r in records if r["item"] in wanted))
-            sink.flush()
-            os.fsync(sink.fileno())
-            advance(len(wanted))
+        for arm in arms:  # an arm's chunks go to the backend together (vLLM batches them continuously)
+            mine = [(number, chunk) for a, number, chunk in pending if a is arm]
+            batches = [([i.prompt for i in chunk], seed + number * batch_size) for number, chunk in mine]
+            start = time.perf_counter()
+            results = backend.generate_chunks(arm.strategy, batches, chat=chat, max_new_tokens=max_new_tokens)
+            for (number, chunk), result in zip(mine, results):
+                seconds, start = time.perf_counter() - start, time.perf_counter()
+                wanted = {i.id for i in missing(arm, chunk)}
+                records = _answer(result, seconds, arm, task, chunk, position, run=key)
+                sink.write("".join(json.dumps(r) + "\n" for r in records if r["item"] in wanted))
+                sink.flush()
+                os.fsync(sink.fileno())
+                advance(len(wanted))
     settings["run"] = key
     bundles = {arm.label: arm.strategy.program.bundle.record() for arm in arms if arm.strategy.program.bundle}
     if bundles:
@@ -242,12 +248,9 @@ def rescored(record: dict, task: Task, index: int) -> dict:
     return fresh
 
 
-def _answer(backend: Backend, arm: Arm, task: Task, items, position: dict[str, int], *, seed: int, run: str, chat,
-            max_new_tokens: int) -> list[dict]:
-    start = time.perf_counter()
-    result = backend.generate(arm.strategy, [i.prompt for i in items], seed=seed, chat=chat,
-                              max_new_tokens=max_new_tokens)
-    seconds = time.perf_counter() - start
+def _answer(result: Generation, seconds: float, arm: Arm, task: Task, items, position: dict[str, int], *,
+            run: str) -> list[dict]:
+    """One record per item of a chunk, from its generation (which took `seconds`)."""
     per = result.plan.sample.count if result.plan.sample else 1
     requests = result.report.requests
     records = []

@@ -8,7 +8,7 @@ implements the engine's `LayerBackend` (l2lang.engine.backend) inside its infere
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from l2lang.engine.backend import Capabilities
@@ -47,6 +47,13 @@ class Backend(ABC):
         """One output per prompt (greedy unless `sampling` or the strategy's `sample`), with the report and
         the step records. `observe_all` records every layer's norm (for traces)."""
 
+    def generate_chunks(self, strategy: Strategy, chunks: list[tuple[list[str], int]], *, chat: bool | None = None,
+                        max_new_tokens: int = 64) -> Iterator[Generation]:
+        """`generate` for each (prompts, seed) chunk, in order, each as if generated alone; a backend that
+        batches continuously runs them all together."""
+        for prompts, seed in chunks:
+            yield self.generate(strategy, prompts, seed=seed, chat=chat, max_new_tokens=max_new_tokens)
+
     @abstractmethod
     def decode(self, token_ids: list[int]) -> str:
         """The text of these tokens (special tokens kept)."""
@@ -82,11 +89,20 @@ class Backend(ABC):
         """Release the engine (processes, memory)."""
 
 
+BACKENDS = ("hf", "vllm")
+
+
 def open_backend(name: str, model: str, *, dtype: str = "float32", device: str | None = None) -> Backend:
-    """The backend `name` ("hf") with `model` loaded: an alias, a local folder, a .gguf file or a hub id;
-    on `device` (a torch device such as "cuda:0"; default: the CPU)."""
+    """The backend `name` ("hf": Hugging Face transformers, "vllm") with `model` loaded: an alias, a local
+    folder, a .gguf file (hf) or a hub id; on `device` (hf: a torch device such as "cuda:0"; default:
+    the CPU; vLLM picks its own)."""
     if name == "hf":
         from l2lang.backends.hf.backend import HFBackend
 
         return HFBackend.load(model, dtype=dtype, device=device)
-    raise UnsupportedError.one(f"unknown backend {name!r}", hint="backends: hf", path="<command line>")
+    if name == "vllm":
+        from l2lang.backends.vllm.backend import VLLMBackend
+
+        return VLLMBackend.load(model, dtype=dtype)
+    raise UnsupportedError.one(f"unknown backend {name!r}", hint=f"backends: {', '.join(BACKENDS)}",
+                               path="<command line>")

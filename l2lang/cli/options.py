@@ -70,7 +70,8 @@ def model_option(parser: argparse.ArgumentParser) -> None:
     """`--model M` and `--backend B`: the model to load and the inference engine to run it in."""
     parser.add_argument("--model", default=None, metavar="M", help="alias, HF folder, .gguf file or hub id "
                         f"(default: {DEFAULT_MODEL})")
-    parser.add_argument("--backend", default="hf", choices=["hf"], help="inference engine (default: hf)")
+    parser.add_argument("--backend", default="hf", choices=["hf", "vllm"],
+                        help="inference engine: hf (transformers, default) or vllm (docs/runtime.md)")
 
 
 def model_name(args: argparse.Namespace) -> str:

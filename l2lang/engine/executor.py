@@ -40,8 +40,10 @@ REDUCE = {"mean": torch.mean, "max": torch.amax, "min": torch.amin, "sum": torch
 
 
 class Executor:
-    def __init__(self, plan: P.Plan, backend: LayerBackend, vectors: dict[str, torch.Tensor], *, seed: int,
+    def __init__(self, plan: P.Plan, backend: LayerBackend, vectors: dict[str, torch.Tensor], *, seed: int | None,
                  hidden_size: int, dtype: torch.dtype, device: torch.device, capacity: int = 8):
+        """`seed`: the run's seed for every request's coins; None when each request brings its own
+        (`start_requests(keys, seeds)`)."""
         backend.capabilities.check(plan)
         self.plan, self.backend, self.vectors, self.seed = plan, backend, vectors, seed
         self.rules = {rule.id: rule for rule in plan.rules}
@@ -65,7 +67,7 @@ class Executor:
         self.table = RequestTable(plan, capacity, hidden_size, dtype, device)
         self.shared_estimators = {e.id: Quartiles(1, device, t.k, t.iqr_floor, t.warmup) for e in plan.estimators
                                   if (t := plan.thresholds[e.threshold]).scope == "shared"}
-        self.chance_base = torch.tensor([coin_salts(seed, slot) for slot in range(plan.chance_slots)],
+        self.chance_base = torch.tensor([coin_salts(seed or 0, slot) for slot in range(plan.chance_slots)],
                                         dtype=torch.int64, device=device)
         self.skip_idle = device.type == "cpu"  # reading a mask is free on a CPU, a stall on a GPU
         self.records: list[StepRecord] = []
@@ -75,9 +77,10 @@ class Executor:
             _refuse_overflow(plan, name, vector, dtype)
 
     # -- requests ------------------------------------------------------------------------------
-    def start_requests(self, keys: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
-        """Slots and uids for new requests (keys from `state.request_keys`); their state starts empty."""
-        return self.table.start(keys)
+    def start_requests(self, keys: torch.Tensor, seeds: torch.Tensor | None = None) -> tuple[torch.Tensor, list[int]]:
+        """Slots and uids for new requests (keys from `state.request_keys`, seeds when the executor has no
+        seed of its own); their state starts empty."""
+        return self.table.start(keys, seeds)
 
     def finish_requests(self, slots: list[int]) -> None:
         self.table.finish(slots)
@@ -376,18 +379,23 @@ class Executor:
                 return rate
             case P.ChanceOf(slot=slot, probability=p):
                 if self.draws is None:  # every chance slot's coins for this step at once
-                    self.draws = uniform_from_salts(self._gather(table.keys), self.chance_base, self._coin_steps())
+                    self.draws = uniform_from_salts(self._gather(table.keys), self.chance_base, self._coin_offsets())
                 return self.draws[slot] < self._evaluate(p, passes)
         raise TypeError(f"cannot evaluate {node!r}")
 
-    def _coin_steps(self) -> torch.Tensor | int:
-        """What seeds each row's coins: its decode step, or -1 - p for the prompt row at position p."""
+    def _coin_offsets(self) -> torch.Tensor | int:
+        """Each row's part of its coins' salt: its decode step, or -1 - p for the prompt row at position p,
+        times 7919; plus its request's seed times 1000003 where requests bring their own seeds."""
         rows = self.rows
         if rows.phase == "decode":
-            return self.steps
-        if rows.phase == "prefill":
-            return -1 - rows.positions
-        return torch.where(rows.decode, self.steps, -1 - rows.positions)
+            steps = self.steps
+        elif rows.phase == "prefill":
+            steps = -1 - rows.positions
+        else:
+            steps = torch.where(rows.decode, self.steps, -1 - rows.positions)
+        if self.seed is None:
+            return steps * 7919 + self._gather(self.table.seeds) * 1_000_003
+        return steps * 7919
 
     def _finite_check(self, node, value, ops) -> torch.Tensor | bool:
         """Where `value` (the operand `node` of a comparison with operators `ops`) is finite, as cheaply

@@ -105,6 +105,7 @@ def build_report(plan: Plan, records: list[StepRecord], uids: list[int], nonfini
     labels = action_labels(plan)
     counts: Counter[str] = Counter({label: 0 for label in labels.values()})
     traces: dict[int, list[dict]] = {uid: [] for uid in uids}
+    seen: dict[int, set[tuple]] = {uid: set() for uid in uids}
     own: dict[int, Counter[str]] = {uid: Counter() for uid in uids}
     for record in records:
         if not record.effects:
@@ -119,11 +120,11 @@ def build_report(plan: Plan, records: list[StepRecord], uids: list[int], nonfini
                     continue
                 counts[labels[(rule_id, index)]] += 1
                 own[uid][labels[(rule_id, index)]] += 1
-                entry = {"step": steps[row], "phase": "decode" if decode[row] else "prefill", "rule": rule_id,
-                         "action": action.kind, "layer": action.layer}
-                trace = traces[uid]
-                if not trace or trace[-1] != entry:  # one entry per (step, rule, action) of a request
-                    trace.append(entry)
+                phase = "decode" if decode[row] else "prefill"
+                if (steps[row], phase, rule_id, index) not in seen[uid]:  # one entry per (step, rule, action)
+                    seen[uid].add((steps[row], phase, rule_id, index))      # of a request, however its rows
+                    traces[uid].append({"step": steps[row], "phase": phase, "rule": rule_id,  # come in steps
+                                        "action": action.kind, "layer": action.layer})
     passes = sum(r.extra_layer_passes for r in records)
     return Report(plan.fingerprint, dict(sorted(counts.items())),
                   [{"interventions": traces[u], "counts": dict(sorted(own[u].items()))} for u in uids], passes, nonfinite)

@@ -57,24 +57,42 @@ def request_keys(input_ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return mix64(key + ordinal * _GOLDEN)
 
 
+def _mix(x: int) -> int:
+    """`mix64` on a Python int (unsigned 64-bit arithmetic)."""
+    x &= _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def request_key(prompt: list[int], ordinal: int = 0) -> int:
+    """`request_keys` for one request, computed on the host: its prompt's tokens and `ordinal`, the number
+    of earlier requests of its batch with the same prompt (docs/semantics.md §2). A signed 64-bit int."""
+    n = len(prompt)
+    total = sum(_mix(token + 1) * _mix(n - 1 - i + _GOLDEN) for i, token in enumerate(prompt))
+    return _signed(_mix(_mix(total + n) + ordinal * _GOLDEN))
+
+
 def coin_salts(seed: int, slot: int) -> int:
     """The part of a coin's salt fixed by the run seed and the chance slot (docs/semantics.md §2)."""
     return _signed(seed * 1_000_003 + slot * 104_729)
 
 
-def uniform_from_salts(keys: torch.Tensor, bases: torch.Tensor, steps: torch.Tensor | int) -> torch.Tensor:
-    """Uniform draws in [0, 1), [slots, N]: for chance slot c (base salt `bases[c]`, see `coin_salts`) and
-    row i, determined by (seed, request key `keys[i]`, decode step `steps` (a number, or one per row),
-    slot): u = (mix(key XOR mix(base + step·7919)) >> 11) · 2^-53, arithmetic mod 2^64."""
-    salts = mix64(bases + steps * 7919) if isinstance(steps, int) else mix64(bases[:, None] + steps[None, :] * 7919)
-    mixed = mix64(keys[None, :] ^ (salts[:, None] if isinstance(steps, int) else salts))
+def uniform_from_salts(keys: torch.Tensor, bases: torch.Tensor, offsets: torch.Tensor | int) -> torch.Tensor:
+    """Uniform draws in [0, 1), [slots, N]: for chance slot c and row i,
+    u = (mix(key_i XOR mix(bases[c] + offsets_i)) >> 11) · 2^-53, arithmetic mod 2^64, where the salt
+    seed·1000003 + step·7919 + slot·104729 is split into `bases` (see `coin_salts`) and `offsets` (a number,
+    or one per row)."""
+    per_row = not isinstance(offsets, int)
+    salts = mix64(bases[:, None] + offsets[None, :]) if per_row else mix64(bases + offsets)
+    mixed = mix64(keys[None, :] ^ (salts if per_row else salts[:, None]))
     return _shift(mixed, 11).to(torch.float64) * (2.0 ** -53)
 
 
 def uniform(seed: int, keys: torch.Tensor, steps: torch.Tensor | int, slot: int) -> torch.Tensor:
     """One uniform draw in [0, 1) per row for one chance slot (see `uniform_from_salts`)."""
     bases = torch.tensor([coin_salts(seed, slot)], dtype=torch.int64, device=keys.device)
-    return uniform_from_salts(keys, bases, steps)[0]
+    return uniform_from_salts(keys, bases, steps * 7919)[0]
 
 
 TAU_BOUND = 1e30  # an adaptive threshold larger than this (in size) has no value, like one warming up
@@ -279,7 +297,7 @@ class RequestTable:
             return torch.zeros(*shape, size, dtype=dtype, device=device)
 
         fields = {
-            "keys": zeros(), "decode_steps": zeros(),
+            "keys": zeros(), "seeds": zeros(), "decode_steps": zeros(),
             "streaks": zeros(plan.streak_slots), "rate_hits": zeros(plan.rate_slots),
             "cooldown_until": zeros(len(plan.rules)) - 1,
             "latched": zeros(len(self.deferring), dtype=torch.bool),
@@ -311,8 +329,9 @@ class RequestTable:
     def scratch(self) -> int:
         return self.capacity
 
-    def start(self, keys: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
-        """Slots (and new uids) for requests with these keys; their state starts empty."""
+    def start(self, keys: torch.Tensor, seeds: torch.Tensor | None = None) -> tuple[torch.Tensor, list[int]]:
+        """Slots (and new uids) for requests with these keys (and, where requests bring their own, seeds);
+        their state starts empty."""
         wanted = keys.shape[0]
         slots = [slot for slot, uid in enumerate(self.uids) if uid is None][:wanted]
         while len(slots) < wanted:
@@ -328,6 +347,8 @@ class RequestTable:
         index = torch.tensor(slots, dtype=torch.int64, device=self.device)
         self._reset(index)
         self.keys[index] = keys.to(self.device)
+        if seeds is not None:
+            self.seeds[index] = seeds.to(self.device)
         return index, uids
 
     def finish(self, slots: list[int]) -> None:
@@ -338,7 +359,7 @@ class RequestTable:
 
     def _reset(self, slots: torch.Tensor) -> None:
         size = self.capacity + 1
-        for name in ("keys", "decode_steps", "streaks", "rate_hits", "latched"):
+        for name in ("keys", "seeds", "decode_steps", "streaks", "rate_hits", "latched"):
             getattr(self, name)[..., slots] = 0
         self.cooldown_until[..., slots] = -1
         if self.local:

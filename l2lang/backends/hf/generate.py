@@ -18,8 +18,13 @@ from l2lang.errors import GenerationError
 
 
 def encode(tokenizer, prompts: list[str], chat: bool | None) -> dict:
-    """Left-padded batch (`input_ids`, `attention_mask`); the chat template is applied when the tokenizer
-    has one (unless chat=False). The tokenizer is not changed."""
+    """Left-padded batch (`input_ids`, `attention_mask`) of `prompt_token_ids`. The tokenizer is not changed."""
+    return left_padded(prompt_token_ids(tokenizer, prompts, chat), pad_token_id(tokenizer))
+
+
+def prompt_token_ids(tokenizer, prompts: list[str], chat: bool | None) -> list[list[int]]:
+    """Each prompt's tokens, through the chat template when the tokenizer has one (unless chat=False);
+    empty prompts, prompts that give no tokens and text that is not text are refused."""
     use_chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
     if use_chat and not getattr(tokenizer, "chat_template", None):
         raise GenerationError.one("--chat: this tokenizer has no chat template", path="<tokenizer>")
@@ -40,7 +45,7 @@ def encode(tokenizer, prompts: list[str], chat: bool | None) -> dict:
         if not row:
             raise GenerationError.one(f"prompt {number} ({prompts[number][:40]!r}) gives no tokens: there is nothing "
                                       "to continue", path="<generate>", hint="give the model some text")
-    return left_padded(ids, pad_token_id(tokenizer))
+    return ids
 
 
 def left_padded(ids: list[list[int]], pad: int) -> dict:

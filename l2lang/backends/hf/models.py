@@ -68,27 +68,41 @@ def cache_dir() -> Path:
     return Path(base)
 
 
-def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """An alias, a local folder, a `.gguf` file or a hub id → model (eval mode) and tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model named on the command line is loaded from: a folder (or hub id) and loading options,
+    with the hash of its weights."""
 
+    source: str
+    kwargs: dict
+    weights_sha256: str
+
+
+def locate_model(spec: str) -> ModelSource:
+    """An alias (fetched and converted on first use), a local folder, a `.gguf` file or a hub id."""
     refused = not_a_model(spec, list(PACKAGED))
     if refused is not None:
         raise refused
     if spec in PACKAGED:
         folder = ensure_converted(PACKAGED[spec])
-        sha = json.loads((folder / "l2lang-model.json").read_text())["gguf_sha256"]
-        source, kwargs = str(folder), {}
-    elif spec.endswith(".gguf"):
+        return ModelSource(str(folder), {}, json.loads((folder / "l2lang-model.json").read_text())["gguf_sha256"])
+    if spec.endswith(".gguf"):
         path = Path(spec)
         if not is_file(path):
             raise L2Error.one(f"no such GGUF file: {spec}", path=spec)
-        sha, source, kwargs = file_sha256(path), str(path.parent), {"gguf_file": path.name}
-    elif is_folder(spec):
-        sha, source, kwargs = folder_sha256(Path(spec)), spec, {}
-    else:
-        _check_hub(spec)
-        sha, source, kwargs = "unknown (hub)", spec, {}
+        return ModelSource(str(path.parent), {"gguf_file": path.name}, file_sha256(path))
+    if is_folder(spec):
+        return ModelSource(spec, {}, folder_sha256(Path(spec)))
+    _check_hub(spec)
+    return ModelSource(spec, {}, "unknown (hub)")
+
+
+def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """An alias, a local folder, a `.gguf` file or a hub id → model (eval mode) and tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    located = locate_model(spec)
+    source, kwargs, sha = located.source, located.kwargs, located.weights_sha256
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
