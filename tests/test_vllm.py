@@ -165,3 +165,28 @@ def test_the_command_line_runs_on_vllm(folder, capsys) -> None:
 
     printed = json.loads(capsys.readouterr().out)
     assert printed["manifest"]["backend"] == "vllm" and sum(printed["manifest"]["interventions"].values()) > 0
+
+
+def test_lm_eval_generates_on_vllm_as_on_transformers(folder, tmp_path) -> None:
+    """`backend=vllm` in lm-eval's model arguments: the same generations, stop strings included (the
+    loglikelihood requests need backend=hf)."""
+    pytest.importorskip("lm_eval")
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from l2lang.integrations.lm_eval import L2LangLM
+
+    tasks = TaskManager(include_path=str(ROOT / "tests" / "data" / "lm_eval"), include_defaults=False)
+    answers = []
+    for backend in ("vllm", "hf"):
+        model = L2LangLM(pretrained=str(folder), strategy="suppress-high", set="warmup:5;k:0", backend=backend,
+                         batch_size=2)
+        cwd = os.getcwd()
+        os.chdir(ROOT)
+        try:
+            out = simple_evaluate(model=model, tasks=["l2lang_arith"], limit=3, task_manager=tasks, log_samples=True,
+                                  batch_size=2, device="cpu")
+        finally:
+            os.chdir(cwd)
+        answers.append([s["resps"][0][0] for s in sorted(out["samples"]["l2lang_arith"], key=lambda s: s["doc_id"])])
+    assert answers[0] == answers[1]

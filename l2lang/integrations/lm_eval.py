@@ -44,7 +44,7 @@ from l2lang.errors import GenerationError, L2Error, UnsupportedError
 from l2lang.lang.compose import load_program
 
 # Backends that offer what the harness needs (`Backend.generate_ids`, `Backend.score`, the tokenizer).
-BACKENDS = ("hf",)
+BACKENDS = ("hf", "vllm")  # (vllm: generation; loglikelihoods need hf)
 DTYPES = ("float32", "bfloat16")
 DEFAULT_MAX_LENGTH = 2048  # as lm-eval's `hf` model, for a model whose config states no context length
 DEFAULT_MAX_GEN_TOKS = 256  # as lm-eval's `hf` model

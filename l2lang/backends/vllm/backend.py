@@ -22,13 +22,13 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from l2lang.backends.base import Backend, Sampling
-from l2lang.backends.hf.generate import prompt_token_ids
+from l2lang.backends.hf.generate import prompt_token_ids, token_rows
 from l2lang.backends.hf.models import locate_model, quiet_transformers
 from l2lang.backends.vllm.worker import CAPABILITIES
 from l2lang.engine.generation import Generation
@@ -138,19 +138,32 @@ class VLLMBackend(Backend):
     def decode(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids)
 
+    @property
+    def context_length(self) -> int:
+        return self.llm.llm_engine.vllm_config.model_config.max_model_len
+
     def generate(self, strategy: Strategy, prompts: list[str], *, seed: int = 0, chat: bool | None = None,
                  max_new_tokens: int = 64, sampling: Sampling | None = None,
                  observe_all: bool = False) -> Generation:
-        return next(self._generate(strategy, [(prompts, seed)], chat, max_new_tokens, sampling, observe_all))
+        ids = prompt_token_ids(self.tokenizer, prompts, chat)
+        return next(self._generate(strategy, [(ids, seed)], max_new_tokens, sampling, observe_all))
 
     def generate_chunks(self, strategy: Strategy, chunks: list[tuple[list[str], int]], *, chat: bool | None = None,
                         max_new_tokens: int = 64) -> Iterator[Generation]:
         """Every chunk's requests in one engine call: vLLM batches them continuously. Each request has its
         own seed and state, so a chunk's answers are those it would get alone."""
-        return self._generate(strategy, chunks, chat, max_new_tokens, None, False)
+        chunks = [(prompt_token_ids(self.tokenizer, texts, chat), seed) for texts, seed in chunks]
+        return self._generate(strategy, chunks, max_new_tokens, None, False)
 
-    def _generate(self, strategy: Strategy, chunks: list[tuple[list[str], int]], chat: bool | None,
-                  max_new_tokens: int, sampling: Sampling | None, observe_all: bool) -> Iterator[Generation]:
+    def generate_ids(self, strategy: Strategy, prompts: list[list[int]], *, seed: int = 0, max_new_tokens: int = 64,
+                     sampling: Sampling | None = None, stop: Sequence[str] = ()) -> Generation:
+        """Stop strings end a request in vLLM's own way: once its generated text contains one (kept in
+        the output)."""
+        ids = token_rows(self.tokenizer, prompts)
+        return next(self._generate(strategy, [(ids, seed)], max_new_tokens, sampling, False, stop=stop))
+
+    def _generate(self, strategy: Strategy, chunks: list[tuple[list[list[int]], int]], max_new_tokens: int,
+                  sampling: Sampling | None, observe_all: bool, stop: Sequence[str] = ()) -> Iterator[Generation]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -159,17 +172,17 @@ class VLLMBackend(Backend):
         copies = plan.sample.count if plan.sample else 1
         if plan.sample is not None:
             sampling = Sampling(plan.sample.temperature, plan.sample.top_p, plan.sample.top_k)
+        stops = {"stop": list(stop), "include_stop_str_in_output": True} if stop else {}
         prompts, params, sizes = [], [], []
-        for texts, seed in chunks:
-            ids = prompt_token_ids(self.tokenizer, texts, chat)
+        for ids, seed in chunks:
             sizes.append(ids)
             for n, prompt in enumerate(ids):
                 for copy in range(copies):  # `sample N`: N requests, the copy number telling their keys apart
                     request_seed = seed + n * copies + copy
-                    base = SamplingParams(max_tokens=max_new_tokens, temperature=0.0, seed=request_seed) \
+                    base = SamplingParams(max_tokens=max_new_tokens, temperature=0.0, seed=request_seed, **stops) \
                         if sampling is None else SamplingParams(
                             max_tokens=max_new_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
-                            top_k=sampling.top_k or 0, seed=request_seed)
+                            top_k=sampling.top_k or 0, seed=request_seed, **stops)
                     prompts.append(TokensPrompt(prompt_token_ids=prompt))
                     params.append(self.sampling_params(installed, base, seed=seed, ordinal=copy))
         completions = self.llm.generate(prompts, params, use_tqdm=False)
