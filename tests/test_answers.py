@@ -87,7 +87,7 @@ def _wrap(answer: str, inner: list[str]) -> str:
     return answer
 
 
-@settings(derandomize=True, max_examples=300)
+@settings(max_examples=300)
 @given(st.one_of(INTEGERS.map(str), DECIMALS, WORDS), st.lists(st.sampled_from(sorted(INNER)), max_size=3),
        st.sampled_from(sorted(OUTER)), st.booleans(), st.booleans())
 @example("-4", ["inline"], "Answer line", False, False)
@@ -105,7 +105,7 @@ def test_any_wrapped_answer_extracts_to_itself(answer: str, inner: list[str], ou
     assert extract_answer(reply) == answer, reply
 
 
-@settings(derandomize=True, max_examples=200)
+@settings(max_examples=200)
 @given(st.one_of(INTEGERS.map(str), DECIMALS), st.booleans(), st.booleans())
 @example("-4", False, True)
 @example("1500", True, False)
@@ -115,7 +115,7 @@ def test_a_bare_number_is_read_as_the_last_number(answer: str, grouped: bool, un
 
 
 # -- the normalised form ----------------------------------------------------------------------------
-@settings(derandomize=True, max_examples=500)
+@settings(max_examples=500)
 @given(st.text(max_size=40) | st.text(alphabet="0123456789-−+.,()[]{}$*_`'\" \\boxedtxanswr<>/:=", max_size=24))
 @example(".5")
 @example("**-0**")
@@ -130,7 +130,7 @@ def test_normalisation_is_idempotent(text: str) -> None:
     assert clean_answer(clean_answer(text)) == clean_answer(text)
 
 
-@settings(derandomize=True, max_examples=200)
+@settings(max_examples=200)
 @given(st.one_of(INTEGERS.map(str), DECIMALS, WORDS), st.lists(st.sampled_from(sorted(INNER)), max_size=3))
 def test_wrappers_are_invisible_to_the_normalised_form(answer: str, inner: list[str]) -> None:
     assert normalise(_wrap(answer, inner)) == normalise(answer)

@@ -64,3 +64,17 @@ def test_an_unsupported_model_family_is_an_unsupported_error() -> None:
 
     with pytest.raises(UnsupportedError, match="odd"):
         l2lang.load("baseline").attach(Odd(), TOKENIZER)
+
+
+def test_the_gpu_check_runs_without_a_gpu_and_finds_no_host_reads_per_step(capsys) -> None:
+    """benchmarks/gpu_check.py, ready for a GPU machine, runs here on tiny shapes; under the GPU policy no
+    shipped strategy reads a tensor value on the host during a decode step (recursion included)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import gpu_check
+
+    syncs = gpu_check.main(["--quick"])
+    assert all(value == 0 for shape in syncs.values() for value in shape.values()), syncs
+    assert "## 3. tokens/s" in capsys.readouterr().out

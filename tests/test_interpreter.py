@@ -407,7 +407,7 @@ def test_other_llama_families(family: str, tmp_path: Path) -> None:
     assert {"store took effect", "steer took effect", "recurse took effect"} <= set(trace.events)
 
 
-@settings(max_examples=4, deadline=None, derandomize=True)
+@settings(max_examples=4, deadline=None)
 @given(prompt=st.lists(st.integers(3, 258), min_size=1, max_size=8).map(tuple))
 @example(prompt=(42,))
 def test_rich_strategy_on_other_prompts(prompt: tuple[int, ...], tmp_path_factory) -> None:

@@ -178,7 +178,7 @@ def test_model_arguments_and_generation_arguments_are_checked() -> None:
     for args, message in [({"strategy": "s"}, "needs pretrained"), ({"pretrained": "m", "strategy": "s", "sett": 1},
                           "unknown model argument 'sett'"),
                           ({"pretrained": "m", "strategy": "s", "set": "tau"}, "tau is not NAME:VALUE"),
-                          ({"pretrained": "m", "strategy": "s", "backend": "vllm"}, "backend=vllm"),
+                          ({"pretrained": "m", "strategy": "s", "backend": "tgi"}, "backend=tgi"),
                           ({"pretrained": "m", "strategy": "s", "batch_size": "auto"}, "fixed batch size"),
                           ({"pretrained": "m", "strategy": "s", "dtype": "float8"}, "dtype=float8"),
                           ({"pretrained": "m", "strategy": "s", "seed": -1}, "seed=-1")]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from l2lang import L2Error, load_program
@@ -54,6 +54,8 @@ PROMPTS = st.lists(st.lists(st.integers(3, 258), min_size=1, max_size=9), min_si
 
 @settings(max_examples=12, deadline=None)
 @given(st.sampled_from(FAMILIES), PROMPTS, st.integers(0, 2**16), st.booleans())
+@example("llama", [[5, 9, 40], [7]], 0, True)
+@example("qwen2", [[100, 3, 250, 17, 60, 4, 4, 9, 11]], 1, False)
 def test_a_strategy_that_never_fires_reproduces_plain_generate(family, prompts, seed, sample) -> None:
     m, inputs = model(family), batch(prompts)
     kwargs = {"do_sample": True, "top_k": 20} if sample else {}
@@ -84,6 +86,7 @@ def test_batched_with_left_padding_equals_one_request_at_a_time(family, name, pa
 
 @settings(max_examples=6, deadline=None)
 @given(PROMPTS, st.integers(0, 2**16))
+@example([[5], [7, 7, 7, 7, 8, 9, 10, 11, 12], [40, 41]], 3)
 def test_batched_equals_one_at_a_time_for_generated_prompts(prompts, seed) -> None:
     m = model("llama")
     s = strategy("erss", warmup=5, streak_length=1, p=0.5, cool=1)

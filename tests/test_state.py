@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from l2lang.engine.state import Bank, Quartiles, request_keys, uniform
@@ -13,6 +13,7 @@ CPU = torch.device("cpu")
 
 @settings(max_examples=6, deadline=None)
 @given(st.integers(0, 2**31), st.floats(0.1, 100), st.floats(-50, 50))
+@example(0, 1.0, 0.0)
 def test_p2_quartiles_track_the_sample_quartiles(seed: int, scale: float, shift: float) -> None:
     generator = torch.Generator().manual_seed(seed)
     values = torch.randn(2, 900, generator=generator, dtype=torch.float64) * scale + shift
