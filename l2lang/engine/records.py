@@ -53,23 +53,25 @@ class RequestRows:
 
 
 def request_rows(records: list[StepRecord], uids: list[int]) -> dict[int, RequestRows]:
-    """Each request's valid rows, gathered from the records (host-side; for traces and calibration)."""
-    wanted = set(uids)
-    parts: dict[int, list[tuple[str, int, torch.Tensor]]] = {uid: [] for uid in uids}
-    layers: tuple[int, ...] = tuple(sorted(records[0].layers)) if records else ()
-    for record in records:
-        valid = record.rows.valid.cpu()
-        slots, decode, steps = record.rows.slots.cpu(), record.rows.decode.cpu(), _per_row(record.steps, record.rows.size)
-        order = [record.layers.index(layer) for layer in layers]  # in layer order
-        norms = record.norms[order].cpu()
-        for row in valid.nonzero().flatten().tolist():
-            uid = record.slot_uids[int(slots[row])]
-            if uid in wanted:
-                parts[uid].append(("decode" if decode[row] else "prefill", steps[row], norms[:, row]))
+    """Each request's valid rows, gathered from the records (host-side; for traces, calibration and
+    selection). Work per record and per request, none per row."""
+    if not records:
+        return {uid: RequestRows(uid, [], [], torch.zeros(0, 0), ()) for uid in uids}
+    layers = tuple(sorted(records[0].layers))
+    owners, decodes, steps, norms = [], [], [], []
+    for record in records:  # on the records' device; one copy to the host at the end
+        rows = record.rows
+        slot_owner = torch.tensor([-1 if uid is None else uid for uid in record.slot_uids], device=rows.slots.device)
+        owners.append(torch.where(rows.valid, slot_owner[rows.slots], -1))
+        decodes.append(rows.decode)
+        steps.append(torch.as_tensor(record.steps, device=rows.slots.device).expand(rows.size))
+        norms.append(record.norms[[record.layers.index(layer) for layer in layers]].T)  # in layer order
+    owner, decode, step, norm = (torch.cat(parts).cpu() for parts in (owners, decodes, steps, norms))
     out = {}
-    for uid, items in parts.items():
-        stacked = torch.stack([n for _, _, n in items]) if items else torch.zeros(0, len(layers))
-        out[uid] = RequestRows(uid, [p for p, _, _ in items], [s for _, s, _ in items], stacked, layers)
+    for uid in uids:
+        mine = owner == uid
+        out[uid] = RequestRows(uid, ["decode" if d else "prefill" for d in decode[mine].tolist()],
+                               step[mine].tolist(), norm[mine], layers)
     return out
 
 
