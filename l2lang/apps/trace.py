@@ -124,12 +124,7 @@ def _heatmap(rows: list[dict], result, thresholds: dict[int, float], path: Path)
         axis.set_title(f"request {request}: norm after each layer, per generated token "
                        f"(cyan: threshold; x: interventions{grey})", fontsize=9)
     axes[-1, 0].set_xlabel("generated token")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    plt.close(figure)
-    path.write_bytes(buffer.getvalue())
-    return buffer.getvalue()
+    return _save(figure, path)
 
 
 def _fig1(backend: Backend, prompt: str, path: Path, max_new_tokens: int, chat: bool | None, seed: int) -> bytes:
@@ -152,12 +147,7 @@ def _fig1(backend: Backend, prompt: str, path: Path, max_new_tokens: int, chat: 
     axis.set_title(f"{backend.model_id}: norm vs depth", fontsize=10)
     if axis.lines:
         axis.legend()
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    plt.close(figure)
-    path.write_bytes(buffer.getvalue())
-    return buffer.getvalue()
+    return _save(figure, path)
 
 
 def _report(rows: list[dict], result, prompts: list[str], heatmap: bytes, fig1: bytes, path: Path) -> None:
@@ -179,3 +169,15 @@ def _report(rows: list[dict], result, prompts: list[str], heatmap: bytes, fig1: 
         late=f"{late[0]}..{late[-1]}", interventions=result.report.interventions,
         heatmap=base64.b64encode(heatmap).decode(), fig1=base64.b64encode(fig1).decode())
     path.write_text(html, encoding="utf-8")
+
+
+def _save(figure, path: Path) -> bytes:
+    """Write a figure as PNG to `path`; its bytes (for embedding in the HTML report)."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    path.write_bytes(buffer.getvalue())
+    return buffer.getvalue()

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
+from tests.reference.quartiles import Quartiles
+
 MASK = (1 << 64) - 1
 GOLDEN = 0x9E3779B97F4A7C15
 
@@ -35,53 +37,6 @@ def request_key(prompt: list[int]) -> int:
 def coin(seed: int, key: int, step: int, slot: int) -> float:
     salt = mix(seed * 1_000_003 + step * 7919 + slot * 104_729)
     return (mix(key ^ salt) >> 11) * 2.0 ** -53
-
-
-class P2Quartiles:
-    """Jain & Chlamtac's P² with five markers at the quantiles 0, ¼, ½, ¾, 1."""
-
-    def __init__(self):
-        self.values: list[float] = []
-        self.q: list[float] = []
-        self.n = [1.0, 2.0, 3.0, 4.0, 5.0]
-        self.desired = [1.0, 2.0, 3.0, 4.0, 5.0]
-        self.count = 0
-
-    def add(self, x: float) -> None:
-        self.count += 1
-        if self.count <= 5:
-            self.values.append(x)
-            if self.count == 5:
-                self.q = sorted(self.values)
-            return
-        q, n = self.q, self.n
-        if x < q[0]:
-            q[0] = x
-        if x > q[4]:
-            q[4] = x
-        cell = sum(x >= q[i] for i in (1, 2, 3))
-        for i in range(cell + 1, 5):
-            n[i] += 1
-        for i, step in enumerate((0.0, 0.25, 0.5, 0.75, 1.0)):
-            self.desired[i] += step
-        for i in (1, 2, 3):
-            d = self.desired[i] - n[i]
-            if (d >= 1 and n[i + 1] - n[i] > 1) or (d <= -1 and n[i - 1] - n[i] < -1):
-                s = 1.0 if d > 0 else -1.0
-                parabolic = q[i] + s / (n[i + 1] - n[i - 1]) * (
-                    (n[i] - n[i - 1] + s) * (q[i + 1] - q[i]) / (n[i + 1] - n[i])
-                    + (n[i + 1] - n[i] - s) * (q[i] - q[i - 1]) / (n[i] - n[i - 1]))
-                if q[i - 1] < parabolic < q[i + 1]:
-                    q[i] = parabolic
-                else:
-                    j = i + int(s)
-                    q[i] = q[i] + s * (q[j] - q[i]) / (n[j] - n[i])
-                n[i] += s
-
-    def tau(self, k: float, warmup: int, floor: float = 1e-3) -> float | None:
-        if self.count < warmup:
-            return None
-        return self.q[3] + k * max(self.q[3] - self.q[1], floor)
 
 
 class ReadOnly(DynamicCache):
@@ -108,7 +63,7 @@ class Method:
 
     def run(self, prompt: list[int], **generate_kwargs) -> torch.Tensor:
         self.key = request_key(prompt)
-        self.estimators = {layer: P2Quartiles() for layer in self.layers}
+        self.estimators = {layer: Quartiles() for layer in self.layers}
         handles = [self.model.register_forward_pre_hook(self._begin, with_kwargs=True)]
         for layer in self.layers:
             handles.append(self.model.model.layers[layer].register_forward_hook(
@@ -138,7 +93,7 @@ class Method:
             h = output[0, -1]
             norm = float(torch.linalg.vector_norm(h, dtype=torch.float32))
             self.norms[layer] = norm
-            tau = self.estimators[layer].tau(self.k, self.warmup)
+            tau = self.estimators[layer].threshold(self.k, 1e-3, self.warmup)
             new = self.act(layer, module, args, kwargs, h, norm, tau)
             if new is None:
                 return output
