@@ -1,6 +1,6 @@
 """How strongly `suppress-random`'s coin prefers high-norm tokens, with and without the current step in `rate`.
 
-    python benchmarks/control_bias.py [--model smollm2-135m] [--prompts 8] [--tokens 128] [--warmup 32]
+    python benchmarks/control_bias.py [--model smollm2-135m] [--prompts 8] [--tokens 128] [--warmup 32] [--k 1.5]
 
 The matched-random control should damp tokens *regardless* of their norm: P(coin fires | norm > τ)
 should equal P(coin fires | norm ≤ τ). This runs the plain-PyTorch reference of the control
@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=32)
+    parser.add_argument("--k", type=float, default=1.5, help="τ = Q3 + k·IQR (the shipped strategy's k is 1.5)")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     loaded = load_model(args.model)
@@ -60,7 +61,7 @@ def main() -> None:
     depth = model.config.num_hidden_layers
     layers = list(range(depth - depth // 4, depth - 1))  # the shipped strategy's L-L/4..L-2
     print(f"model {args.model}, layers {layers}, {args.prompts} prompts x {args.tokens} greedy tokens, "
-          f"warmup {args.warmup}, k 1.5")
+          f"warmup {args.warmup}, k {args.k}")
     print("| rate counts | P(fire given norm > τ) | P(fire given norm ≤ τ) | ratio | high steps | low steps |")
     print("|---|---|---|---|---|---|")
     for current in (True, False):
@@ -69,7 +70,7 @@ def main() -> None:
             text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
                                                  add_generation_prompt=True)
             prompt = tokenizer(text, add_special_tokens=False).input_ids
-            method = Tally(model, layers, warmup=args.warmup, seed=seed, current=current)
+            method = Tally(model, layers, k=args.k, warmup=args.warmup, seed=seed, current=current)
             method.tally = tally
             method.run(prompt, max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False)
         high = tally.get((True, True), 0) / max(tally.get((True, True), 0) + tally.get((True, False), 0), 1)

@@ -112,6 +112,7 @@ def test_recursion_never_exceeds_its_bound_and_zero_is_a_no_op(tmp_path: Path) -
     text = 'if norm[3] > 0 recurse layers 2..3 up to 3 times while norm > 0\n'
     out, report = generate(m, inputs, strategy(text, tmp_path))
     assert report.extra_layer_passes == 9 * 3 * 2  # 9 decode steps, 3 passes, 2 layers: the bound exactly
+    assert report.requests[0]["extra_layer_passes"] == 9 * 3 * 2
     assert report.interventions == {"recurse@3": 9}
     bounded = 'if norm[3] > 0 recurse layers 2..3 up to 3 times while growth > 1e9\n'
     out, report = generate(m, inputs, strategy(bounded, tmp_path))

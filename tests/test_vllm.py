@@ -71,6 +71,8 @@ def test_greedy_tokens_counts_and_norms_equal_the_hf_backend(engines, name, targ
     assert ours.report.interventions == theirs.report.interventions
     assert [len(r["interventions"]) for r in ours.report.requests] == \
         [len(r["interventions"]) for r in theirs.report.requests]
+    assert [r["extra_layer_passes"] for r in ours.report.requests] == \
+        [r["extra_layer_passes"] for r in theirs.report.requests]
     for mine, other in zip(ours.rows, theirs.rows, strict=True):
         assert mine.phases == other.phases and mine.steps == other.steps
         torch.testing.assert_close(mine.norms, other.norms, rtol=1e-4, atol=1e-6)

@@ -264,7 +264,8 @@ def _answer(result: Generation, seconds: float, arm: Arm, task: Task, items, pos
             "tokens": len(output["token_ids"]), "generated": sum(result.lengths[n * per:(n + 1) * per]),
             "seconds": seconds / len(items),
             "interventions": sum(len(r["interventions"]) for r in requests[n * per:(n + 1) * per]),
-            "extra_layer_passes": result.report.extra_layer_passes * per, "text": output["text"],
+            "extra_layer_passes": sum(r["extra_layer_passes"] for r in requests[n * per:(n + 1) * per]),
+            "text": output["text"],
         })
     return records
 

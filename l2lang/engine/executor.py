@@ -113,6 +113,7 @@ class Executor:
         self.draws: torch.Tensor | None = None
         self.effects: dict[tuple[int, int], torch.Tensor] = {}
         self.extra_layer_passes = 0
+        self.row_passes: torch.Tensor | None = None
 
     def end_step(self) -> StepRecord:
         rows = self.rows
@@ -133,7 +134,7 @@ class Executor:
         if rows.phase != "prefill":
             self._finish_decode_step(rows)
         record = StepRecord(rows, self.table.snapshot, self.steps, tuple(layers), norms, self.effects,
-                            self.extra_layer_passes)
+                            self.extra_layer_passes, self.row_passes)
         self.records.append(record)
         self.rows = None
         return record
@@ -477,7 +478,10 @@ class Executor:
         block = self.backend.block(action.first, action.layer, action.kv)
         base_norm = l2(hidden)
         current = hidden
+        layers = action.layer - action.first + 1
         for done in range(action.passes):
+            ran = rows.to(torch.int32) * layers
+            self.row_passes = ran if self.row_passes is None else self.row_passes + ran
             candidate = block.run(current, rows)
             values = _pass_values(candidate, current, base_norm)
             ok = rows & (values["norm"] < math.inf)
@@ -494,7 +498,7 @@ class Executor:
                 for mode, condition in action.stops:
                     if mode == "until":
                         rows = rows & ~self._mask(condition, values)
-            self.extra_layer_passes += action.layer - action.first + 1
+            self.extra_layer_passes += layers
             if done + 1 < action.passes and self._idle(rows):
                 break
         block.commit()

@@ -26,6 +26,7 @@ class StepRecord:
     norms: torch.Tensor                # float32 [len(layers), N]
     effects: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # (rule, action) -> bool [N]
     extra_layer_passes: int = 0        # layer forward passes run by recursions in this step
+    row_passes: torch.Tensor | None = None  # int32 [N]: of those, the ones run for each row (None: none)
 
     def norm(self, layer: int) -> torch.Tensor:
         return self.norms[self.layers.index(layer)]
@@ -61,8 +62,9 @@ def request_rows(records: list[StepRecord], uids: list[int]) -> dict[int, Reques
     owners, decodes, steps, norms = [], [], [], []
     for record in records:  # on the records' device; one copy to the host at the end
         rows = record.rows
-        slot_owner = torch.tensor([-1 if uid is None else uid for uid in record.slot_uids], device=rows.slots.device)
-        owners.append(torch.where(rows.valid, slot_owner[rows.slots], -1))
+        owned = [-1 if uid is None else uid for uid in record.slot_uids] + [-1]  # invalid rows may point past
+        slot_owner = torch.tensor(owned, device=rows.slots.device)                # the table: clamp them to -1
+        owners.append(torch.where(rows.valid, slot_owner[rows.slots.clamp(0, len(owned) - 1)], -1))
         decodes.append(rows.decode)
         steps.append(torch.as_tensor(record.steps, device=rows.slots.device).expand(rows.size))
         norms.append(record.norms[[record.layers.index(layer) for layer in layers]].T)  # in layer order
@@ -102,7 +104,8 @@ def build_report(plan: Plan, records: list[StepRecord], uids: list[int], nonfini
     labels from `action_labels`) and, for each request in `uids` (in that order), its interventions
     as {step, phase, rule, action, layer} (one entry per step, rule and action: a prefill rule acting at
     several prompt positions is one entry) and its `counts` per label (every row where an action took
-    effect, as in the totals: a request's counts over all requests add up to them)."""
+    effect, as in the totals: a request's counts over all requests add up to them) and its
+    `extra_layer_passes`: the layer passes recursions ran for its rows."""
     actions = {(rule.id, i): action for rule in plan.rules for i, action in enumerate(rule.actions)}
     labels = action_labels(plan)
     counts: Counter[str] = Counter({label: 0 for label in labels.values()})
@@ -127,9 +130,18 @@ def build_report(plan: Plan, records: list[StepRecord], uids: list[int], nonfini
                     seen[uid].add((steps[row], phase, rule_id, index))      # of a request, however its rows
                     traces[uid].append({"step": steps[row], "phase": phase, "rule": rule_id,  # come in steps
                                         "action": action.kind, "layer": action.layer})
+    own_passes = dict.fromkeys(uids, 0)
+    for record in records:
+        if record.row_passes is not None:
+            slots, passes = record.rows.slots.cpu(), record.row_passes.cpu()
+            for row in passes.nonzero().flatten().tolist():
+                uid = record.slot_uids[int(slots[row])]
+                if uid in own_passes:
+                    own_passes[uid] += int(passes[row])
     passes = sum(r.extra_layer_passes for r in records)
     return Report(plan.fingerprint, dict(sorted(counts.items())),
-                  [{"interventions": traces[u], "counts": dict(sorted(own[u].items()))} for u in uids], passes, nonfinite)
+                  [{"interventions": traces[u], "counts": dict(sorted(own[u].items())), "extra_layer_passes": own_passes[u]}
+                   for u in uids], passes, nonfinite)
 
 
 def _per_row(steps: torch.Tensor | int, rows: int) -> list[int]:

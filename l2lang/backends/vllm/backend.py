@@ -252,7 +252,8 @@ def _report(plan: Plan, collected: list[dict]) -> Report:
             counts[label] = counts.get(label, 0) + n
     nonfinite = max((c["nonfinite"] for c in collected), default=0)
     return Report(plan.fingerprint, dict(sorted(counts.items())),
-                  [{"interventions": c["interventions"], "counts": c["counts"]} for c in collected], 0, nonfinite)
+                  [{key: c[key] for key in ("interventions", "counts", "extra_layer_passes")} for c in collected],
+                  0, nonfinite)
 
 
 def _config(folder: str) -> dict:

@@ -141,6 +141,7 @@ class _Hooks:
             executor.finish_requests([request.slot])
             out.append({"rows": rows.to_plain(), "interventions": report.requests[0]["interventions"],
                         "counts": report.requests[0]["counts"], "labels": list(report.interventions),
+                        "extra_layer_passes": report.requests[0]["extra_layer_passes"],
                         "nonfinite": int(executor.nonfinite)})
         for key, executor in self.executors.items():  # records no running request needs any more
             firsts = [r.first_record for r in self.requests.values() if r.key == key]
