@@ -121,9 +121,9 @@ def apply(root: Path, mutant: Mutant) -> None:
     path.write_text("".join(lines), encoding="utf-8")
 
 
-def run(root: Path, timeout: float) -> str:
+def run(root: Path, timeout: float, tests: tuple[str, ...] = TESTS) -> str:
     """'killed', 'survived' or 'timeout' for the scratch copy as it stands."""
-    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow", *TESTS]
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow", *tests]
     try:
         done = subprocess.run(command, cwd=root, capture_output=True, timeout=timeout,
                               env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home()),
@@ -140,6 +140,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", type=int, nargs="*", help="run these numbered mutants")
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--tests", nargs="+", default=list(TESTS),
+                        help="test files to run (default: the semantic tests; e.g. only new tests, on survivors)")
     args = parser.parse_args()
     everything = [m for module in MODULES for m in sites(module)]
     if args.list:
@@ -154,7 +156,8 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="l2lang-mutants-"))
     copy = scratch / "repo"
     shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".venv", ".git", "__pycache__", "*.egg-info"))
-    baseline = run(copy, args.timeout)
+    tests = tuple(args.tests)
+    baseline = run(copy, args.timeout, tests)
     if baseline != "survived":
         sys.exit(f"the tests fail on the unmutated code ({baseline}); fix that first")
     outcomes: dict[str, list[int]] = {"killed": [], "survived": [], "timeout": []}
@@ -164,7 +167,7 @@ def main() -> None:
         original = (copy / mutant.module).read_text(encoding="utf-8")
         apply(copy, mutant)
         start = time.perf_counter()
-        outcome = run(copy, args.timeout)
+        outcome = run(copy, args.timeout, tests)
         (copy / mutant.module).write_text(original, encoding="utf-8")
         outcomes[outcome].append(number)
         print(f"{number:4d} {outcome:8s} {time.perf_counter() - start:5.0f}s  {mutant.module}:{mutant.line}:{mutant.col}  "

@@ -1,0 +1,55 @@
+"""Sentences of docs/semantics.md that the mutation run of scripts/mutate.py found unguarded: each test
+here failed against a mutant of the engine that every other test let through (docs/testing.md)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_semantics import model, run, steps_acted
+
+EVERY_STEP = list(range(1, 11))  # run() generates 11 tokens: decode steps 1..10
+
+
+@pytest.mark.parametrize("condition,acts", [
+    ("norm[6] / 2 > 0", True),          # a division by a constant divides
+    ("norm[6] / 0 > 0", False),         # ... by 0 gives ±inf, and a comparison with a non-finite value is false
+    ("norm[6] < 0 or norm[6] > 0", True),
+    ("norm[6] > 0 or norm[6] < 0", True),
+    ("norm[6] < 0 and norm[6] > 0", False),
+])
+def test_arithmetic_and_logic_of_conditions(condition: str, acts: bool, tmp_path) -> None:
+    result = run(f'if {condition} mark "m" at 6\n', tmp_path)
+    assert steps_acted(result) == (EVERY_STEP if acts else [])
+
+
+def test_a_shared_token_sampled_threshold_absorbs_every_row_of_a_step(tmp_path) -> None:
+    """`adaptive(scope=shared, sample=token)`: one stream fed each running row's value at every decode
+    step, so with two requests it warms up (5 values) after three decode steps, and acts from step 4;
+    `sample=batch` feeds one value (the rows' mean) per step and acts from step 6."""
+    text = ('threshold t = adaptive(k=0, warmup=5, scope=shared, sample={})\n'
+            'if norm[6] > t - 1e9 mark "m" at 6\n')
+    for sample, first in (("token", 4), ("batch", 6)):
+        result = run(text.format(sample), tmp_path, prompts=("hello there", "a b c d"))
+        for request in (0, 1):
+            assert steps_acted(result, request) == list(range(first, 11)), sample
+
+
+def test_an_action_at_a_layer_whose_state_is_not_finite_leaves_that_row_alone(tmp_path) -> None:
+    """A rule reading layer 2 and acting at layer 6 does not act on a row whose state at layer 6 holds
+    NaN, though its condition (at layer 2) held there; the row's neighbour is acted on."""
+
+    def poison(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        hidden = hidden.clone()
+        hidden[0] = float("nan")
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    handle = model().model.layers[4].register_forward_hook(poison)
+    try:
+        with pytest.warns(RuntimeWarning, match="NaN or inf"):
+            result = run('if norm[2] > 0 mark "m" at 6\n', tmp_path, prompts=("hello there", "a b c d"),
+                         min_new_tokens=0)
+    finally:
+        handle.remove()
+    assert steps_acted(result, 0) == [] and steps_acted(result, 1) == EVERY_STEP
+
