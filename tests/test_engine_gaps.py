@@ -73,3 +73,26 @@ def test_an_action_at_a_layer_whose_state_is_not_finite_leaves_that_row_alone(tm
         handle.remove()
     assert steps_acted(result, 0) == [] and steps_acted(result, 1) == EVERY_STEP
 
+
+
+def test_a_steering_vector_that_overflows_the_state_is_undone(tmp_path) -> None:
+    """`steer 1*v` with a loaded vector whose squared norm is about half float32's largest value: after one
+    addition the state's norm is finite; a second (same rule, same layer) would overflow it, so that one
+    is undone and not counted."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"v": torch.full((64,), 1.6e18)}, str(tmp_path / "v.safetensors"))
+    with pytest.warns(RuntimeWarning, match="NaN or inf"):
+        result = run('vector v = load("v.safetensors")\nif norm[3] > 0 steer 1*v at 3; steer 1*v at 3\n', tmp_path,
+                     tokens=4, min_new_tokens=0)
+    counts = result.report.interventions
+    assert counts["steer@3 [rule 0.0]"] > 0 and counts["steer@3 [rule 0.1]"] == 0
+    assert result.report.nonfinite_states > 0
+
+
+def test_request_keys_and_salts_wrap_to_signed_64_bit_integers() -> None:
+    """docs/semantics.md §2 computes modulo 2^64; torch holds the values as int64 (two's complement)."""
+    from l2lang.engine.state import _signed
+
+    assert [_signed(v) for v in (2**63 - 1, 2**63, 2**64 - 1, 2**64 + 5)] == [2**63 - 1, -2**63, -1, 5]
