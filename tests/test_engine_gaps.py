@@ -96,3 +96,29 @@ def test_request_keys_and_salts_wrap_to_signed_64_bit_integers() -> None:
     from l2lang.engine.state import _signed
 
     assert [_signed(v) for v in (2**63 - 1, 2**63, 2**64 - 1, 2**64 + 5)] == [2**63 - 1, -2**63, -1, 5]
+
+
+def test_p2_markers_equal_the_scalar_reference_value_by_value() -> None:
+    """The vectorised P² (l2lang/engine/state.py) equals the plain-Python one of tests/reference after
+    every value, on streams that move the markers in every way: falling (markers pushed down against
+    their neighbours), rising, repeated values and zig-zags, all in one batch of streams."""
+    import random
+
+    import torch
+
+    from l2lang.engine.state import Quartiles
+    from tests.reference.quartiles import Quartiles as Reference
+
+    rng = random.Random(3)
+    streams = [[100.0 - t for t in range(60)], [float(t) for t in range(60)], [float(t % 3) for t in range(60)],
+               [float((-1) ** t * t) for t in range(60)], [rng.gauss(0, 1) for _ in range(60)],
+               [rng.choice([0.0, 1.0, 10.0]) for _ in range(60)]]
+    ours, theirs = Quartiles(len(streams), torch.device("cpu")), [Reference() for _ in streams]
+    for t in range(60):
+        ours.add(torch.tensor([s[t] for s in streams], dtype=torch.float64), torch.ones(len(streams), dtype=torch.bool))
+        for reference, stream in zip(theirs, streams):
+            reference.add(stream[t])
+        if t >= 4:
+            torch.testing.assert_close(ours.heights, torch.tensor([r.heights for r in theirs], dtype=torch.float64),
+                                       rtol=0, atol=1e-9)
+            assert ours.positions.tolist() == [r.positions for r in theirs], t
