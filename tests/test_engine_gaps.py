@@ -112,7 +112,14 @@ def test_p2_markers_equal_the_scalar_reference_value_by_value() -> None:
     rng = random.Random(3)
     streams = [[100.0 - t for t in range(60)], [float(t) for t in range(60)], [float(t % 3) for t in range(60)],
                [float((-1) ** t * t) for t in range(60)], [rng.gauss(0, 1) for _ in range(60)],
-               [rng.choice([0.0, 1.0, 10.0]) for _ in range(60)]]
+               [rng.choice([0.0, 1.0, 10.0]) for _ in range(60)],
+               # the parabola lands exactly on a neighbour's height (then the linear step is taken):
+               [3.0, 3.0, 4.0, 4.0, 1.0, 0.0, 0.0, 1.0, 2.0, 4.0, 4.0, 2.0] * 5,
+               [0.0, 3.0, 2.0, 2.0, 1.0, 0.0, 1.0, 2.0, 2.0, 3.0, 2.0, 2.0, 4.0] * 5,
+               # a marker with its right neighbour one position away must not move up:
+               [4.0, -1.617, 0.0, -2.945, 1.0, 2.599, 2.0, 0.0, 1.167, 0.0, 1.246, -2.893, -0.754, 1.0, 3.165, -2.454,
+                -4.197, 1.347, 0.334, -1.198, 2.0, 0.213, 1.0, 1.0, 0.0, 1.0, 4.860, 4.0, 3.753, 0.0, -1.582, -2.655,
+                0.0, 0.0, 1.0, -1.373, 0.0, 3.127, 2.0, 0.0] * 2]
     ours, theirs = Quartiles(len(streams), torch.device("cpu")), [Reference() for _ in streams]
     for t in range(60):
         ours.add(torch.tensor([s[t] for s in streams], dtype=torch.float64), torch.ones(len(streams), dtype=torch.bool))
