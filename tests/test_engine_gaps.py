@@ -129,3 +129,27 @@ def test_p2_markers_equal_the_scalar_reference_value_by_value() -> None:
             torch.testing.assert_close(ours.heights, torch.tensor([r.heights for r in theirs], dtype=torch.float64),
                                        rtol=0, atol=1e-9)
             assert ours.positions.tolist() == [r.positions for r in theirs], t
+
+
+def test_layer_arithmetic_multiplies(tmp_path) -> None:
+    """`norm[2*3]` and `at 2*3` name layer 6."""
+    result = run('if norm[2*3] > 0 mark "m" at 2*3\n', tmp_path)
+    assert result.report.interventions == {"mark@6": 10}
+
+
+def test_events_count_norms_strictly_above_the_threshold(tmp_path) -> None:
+    """`select ... events(T)` counts (decode step, layer) pairs whose norm is above T; a norm equal to T
+    is not above it."""
+    import torch
+
+    import l2lang
+    from l2lang.backends.hf.attach import plan_for
+    from l2lang.engine.records import RequestRows
+    from l2lang.engine.select import candidate_scores
+
+    path = tmp_path / "s.l2"
+    path.write_text("sample 2 with temperature=1.0\nselect argmax events(2.0) over 5..6\n", encoding="utf-8")
+    select = plan_for(l2lang.load(str(path)), model()).select
+    norms = torch.tensor([[9.0, 9.0], [2.0, 3.0], [1.0, 2.0], [2.0, 2.5]])  # the prompt row, then 3 decode steps
+    rows = RequestRows(0, ["prefill", "decode", "decode", "decode"], [0, 1, 2, 3], norms, (5, 6))
+    assert candidate_scores([rows], select) == [2.0]
