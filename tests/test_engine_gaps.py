@@ -153,3 +153,30 @@ def test_events_count_norms_strictly_above_the_threshold(tmp_path) -> None:
     norms = torch.tensor([[9.0, 9.0], [2.0, 3.0], [1.0, 2.0], [2.0, 2.5]])  # the prompt row, then 3 decode steps
     rows = RequestRows(0, ["prefill", "decode", "decode", "decode"], [0, 1, 2, 3], norms, (5, 6))
     assert candidate_scores([rows], select) == [2.0]
+
+
+def test_a_loaded_vector_may_carry_leading_dimensions_of_one(tmp_path) -> None:
+    """`load(...)` takes a tensor of the model's hidden size, also as [1, hidden]; [2, hidden] is refused."""
+    import torch
+    from safetensors.torch import save_file
+
+    from l2lang.errors import L2Error
+
+    save_file({"v": torch.ones(1, 64)}, str(tmp_path / "one.safetensors"))
+    save_file({"v": torch.ones(2, 64)}, str(tmp_path / "two.safetensors"))
+    result = run('vector v = load("one.safetensors")\nif norm[3] > 0 steer 0.1*v at 3\n', tmp_path, tokens=3)
+    assert result.report.total() > 0
+    with pytest.raises(L2Error, match=r"shape \[2, 64\]"):
+        run('vector v = load("two.safetensors")\nif norm[3] > 0 steer 0.1*v at 3\n', tmp_path, tokens=3)
+
+
+def test_each_rule_names_the_line_it_was_written_on(tmp_path) -> None:
+    """A rule's origin (in explanations and errors) is its file and line, `for` rules included."""
+    import l2lang
+    from l2lang.backends.hf.attach import plan_for
+
+    path = tmp_path / "s.l2"
+    path.write_text('observe 2\nif norm[3] > 0 mark "a" at 3\nfor l in 4..5: if norm[l] > 0 mark "b" at l\n',
+                    encoding="utf-8")
+    plan = plan_for(l2lang.load(str(path)), model())
+    assert [rule.origin for rule in plan.rules] == [f"{path}:2", f"{path}:3", f"{path}:3"]
