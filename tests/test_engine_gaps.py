@@ -180,3 +180,10 @@ def test_each_rule_names_the_line_it_was_written_on(tmp_path) -> None:
                     encoding="utf-8")
     plan = plan_for(l2lang.load(str(path)), model())
     assert [rule.origin for rule in plan.rules] == [f"{path}:2", f"{path}:3", f"{path}:3"]
+
+
+def test_a_threshold_is_read_at_the_layer_of_the_observable_inside_arithmetic(tmp_path) -> None:
+    """In `2 * norm[5] > tau` the table threshold is tau's entry for layer 5 (not the action's layer 6)."""
+    table = "threshold tau = table {5: 1e9, 6: 0}\n"
+    assert steps_acted(run(table + 'if 2 * norm[5] > tau mark "m" at 6\n', tmp_path)) == []
+    assert steps_acted(run(table + 'if 2 * norm[6] > tau mark "m" at 6\n', tmp_path)) == EVERY_STEP
