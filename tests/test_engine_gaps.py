@@ -131,55 +131,8 @@ def test_p2_markers_equal_the_scalar_reference_value_by_value() -> None:
             assert ours.positions.tolist() == [r.positions for r in theirs], t
 
 
-def test_layer_arithmetic_multiplies(tmp_path) -> None:
-    """`norm[2*3]` and `at 2*3` name layer 6."""
-    result = run('if norm[2*3] > 0 mark "m" at 2*3\n', tmp_path)
-    assert result.report.interventions == {"mark@6": 10}
 
 
-def test_events_count_norms_strictly_above_the_threshold(tmp_path) -> None:
-    """`select ... events(T)` counts (decode step, layer) pairs whose norm is above T; a norm equal to T
-    is not above it."""
-    import torch
-
-    import l2lang
-    from l2lang.backends.hf.attach import plan_for
-    from l2lang.engine.records import RequestRows
-    from l2lang.engine.select import candidate_scores
-
-    path = tmp_path / "s.l2"
-    path.write_text("sample 2 with temperature=1.0\nselect argmax events(2.0) over 5..6\n", encoding="utf-8")
-    select = plan_for(l2lang.load(str(path)), model()).select
-    norms = torch.tensor([[9.0, 9.0], [2.0, 3.0], [1.0, 2.0], [2.0, 2.5]])  # the prompt row, then 3 decode steps
-    rows = RequestRows(0, ["prefill", "decode", "decode", "decode"], [0, 1, 2, 3], norms, (5, 6))
-    assert candidate_scores([rows], select) == [2.0]
-
-
-def test_a_loaded_vector_may_carry_leading_dimensions_of_one(tmp_path) -> None:
-    """`load(...)` takes a tensor of the model's hidden size, also as [1, hidden]; [2, hidden] is refused."""
-    import torch
-    from safetensors.torch import save_file
-
-    from l2lang.errors import L2Error
-
-    save_file({"v": torch.ones(1, 64)}, str(tmp_path / "one.safetensors"))
-    save_file({"v": torch.ones(2, 64)}, str(tmp_path / "two.safetensors"))
-    result = run('vector v = load("one.safetensors")\nif norm[3] > 0 steer 0.1*v at 3\n', tmp_path, tokens=3)
-    assert result.report.total() > 0
-    with pytest.raises(L2Error, match=r"shape \[2, 64\]"):
-        run('vector v = load("two.safetensors")\nif norm[3] > 0 steer 0.1*v at 3\n', tmp_path, tokens=3)
-
-
-def test_each_rule_names_the_line_it_was_written_on(tmp_path) -> None:
-    """A rule's origin (in explanations and errors) is its file and line, `for` rules included."""
-    import l2lang
-    from l2lang.backends.hf.attach import plan_for
-
-    path = tmp_path / "s.l2"
-    path.write_text('observe 2\nif norm[3] > 0 mark "a" at 3\nfor l in 4..5: if norm[l] > 0 mark "b" at l\n',
-                    encoding="utf-8")
-    plan = plan_for(l2lang.load(str(path)), model())
-    assert [rule.origin for rule in plan.rules] == [f"{path}:2", f"{path}:3", f"{path}:3"]
 
 
 def test_a_threshold_is_read_at_the_layer_of_the_observable_inside_arithmetic(tmp_path) -> None:

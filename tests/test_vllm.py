@@ -103,19 +103,6 @@ def test_a_request_that_intervenes_leaves_the_others_as_they_are_alone(engines, 
             assert list(mine.outputs[0].token_ids) == other["token_ids"]
 
 
-def test_rate_on_the_general_path_equals_the_lockstep_path(engines, tmp_path) -> None:
-    """`rate` divides by the earlier decode steps on vLLM's path (each request's step a tensor) as on
-    transformers' lockstep path (one step for all): from step 2 on the rate below is 1, above 0.75."""
-    vllm, hf = engines
-    path = tmp_path / "rate.l2"
-    path.write_text('if rate(norm[20] > 0) > 0.75 mark "m" at 20\n', encoding="utf-8")
-    s = l2lang.load(str(path))
-    ours = vllm.generate(s, PROMPTS, max_new_tokens=6, chat=False, seed=7)
-    theirs = hf.generate(s, PROMPTS, max_new_tokens=6, chat=False, seed=7)
-    steps = [[e["step"] for e in r["interventions"]] for r in ours.report.requests]
-    assert steps == [[e["step"] for e in r["interventions"]] for r in theirs.report.requests]
-    assert steps[0] == [2, 3, 4, 5]
-
 
 def test_more_requests_than_rows_each_keep_their_own_state(engines, tmp_path) -> None:
     """Six prompts through an engine of two rows equal six one-prompt runs (state follows requests)."""
