@@ -28,9 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = ("l2lang/engine/executor.py", "l2lang/engine/state.py", "l2lang/engine/select.py",
            "l2lang/engine/scores.py", "l2lang/plan/compile.py")
-TESTS = ("tests/test_semantics.py", "tests/test_state.py", "tests/test_interpreter.py", "tests/test_reference.py",
-         "tests/test_faithfulness.py", "tests/test_runtime.py", "tests/test_plan.py", "tests/test_scoring.py",
-         "tests/test_golden.py", "tests/test_engine_gaps.py", "tests/test_engine_edges.py", "tests/test_limits.py",
+TESTS = ("tests/test_engine_gaps.py", "tests/test_engine_edges.py", "tests/test_semantics.py", "tests/test_state.py",
+         "tests/test_interpreter.py", "tests/test_reference.py", "tests/test_faithfulness.py", "tests/test_runtime.py",
+         "tests/test_plan.py", "tests/test_scoring.py", "tests/test_golden.py", "tests/test_limits.py",
          "tests/test_errors.py",
          "tests/test_vllm.py")  # (vLLM's tests run its engine; they are skipped where vLLM is not installed)
 SWAPS: dict[type, type] = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
