@@ -18,23 +18,14 @@ from l2lang.engine.executor import Executor
 from l2lang.engine.state import Bank, Quartiles
 from l2lang.errors import L2Error
 from tests.test_semantics import TOKENIZER, model, run
+from tests.tiny_models import layer_outputs_edited
 
 CPU = torch.device("cpu")
 
 
-def set_all(value: float):
-    """A forward hook that sets every element of a decoder layer's output (all rows) to `value`."""
-
-    def hook(module, args, output):
-        hidden = output[0] if isinstance(output, tuple) else output
-        hidden = torch.full_like(hidden, value)
-        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-    return hook
-
-
-def hooked(layer: int, value: float):
-    """`set_all(value)` on decoder layer `layer` of the tiny model (remove the returned handle)."""
-    return model().model.layers[layer].register_forward_hook(set_all(value))
+def all_set(layer: int, value: float):
+    """Inside the block, every element of decoder layer `layer`'s output (all rows) is `value`."""
+    return layer_outputs_edited(model().model.layers, {layer: lambda hidden: torch.full_like(hidden, value)})
 
 
 def plan_of(text: str, tmp_path, layers: int = 8, hidden_size: int | None = None):
@@ -49,14 +40,10 @@ def test_retrieve_adding_more_than_the_banked_state_is_undone_where_it_overflows
     """`steer add 1.5*retrieve(...)` adds more than the state itself: on a state of norm 8e18 (float32)
     whose banked nearest state is itself, h + 1.5·h has an infinite norm, so the step is undone, not
     counted, and counted as non-finite."""
-    handle = hooked(3, 1e18)
-    try:
-        with pytest.warns(RuntimeWarning, match="NaN or inf"):
-            result = run('bank b keep 2\nif norm[3] > 0 store in b at 3\n'
-                         'if norm[3] > 0 steer add 1.5*retrieve(b, min_cos=0.5) at 3\n', tmp_path, tokens=4,
-                         min_new_tokens=0)
-    finally:
-        handle.remove()
+    with all_set(3, 1e18), pytest.warns(RuntimeWarning, match="NaN or inf"):
+        result = run('bank b keep 2\nif norm[3] > 0 store in b at 3\n'
+                     'if norm[3] > 0 steer add 1.5*retrieve(b, min_cos=0.5) at 3\n', tmp_path, tokens=4,
+                     min_new_tokens=0)
     assert result.report.interventions["store@3"] > 0 and result.report.interventions["steer@3"] == 0
     assert result.report.nonfinite_states > 0
 
@@ -86,11 +73,8 @@ def test_select_metrics_count_the_decode_steps_they_say(metric: str, score: floa
     """Layer 3's state is all ones (norm exactly 8) on every step; 6 generated tokens are 5 decode
     steps. `events(tau)` counts steps with norm > tau, `late_area(tau, f)` sums `max(0, norm - tau)`
     over the last fraction f of the steps."""
-    handle = hooked(3, 1.0)
-    try:
+    with all_set(3, 1.0):
         result = run(f"sample 2 with temperature=1.0\nselect argmax {metric} over 3\n", tmp_path, tokens=6)
-    finally:
-        handle.remove()
     (output,) = result.outputs
     assert [c["score"] for c in output["candidates"]] == [score, score]
 
@@ -184,16 +168,17 @@ def test_a_bank_evicts_the_later_of_two_equal_norms_across_prefill_and_decode() 
 
 
 def test_estimators_are_compiled_only_on_a_gpu_or_when_asked(monkeypatch) -> None:
-    """docs/performance.md: P² runs as a compiled function on GPUs or with L2LANG_COMPILE=1; on a CPU
-    (by default, or with L2LANG_COMPILE=0) it runs uncompiled."""
-    from l2lang.engine.state import _p2_step_for, p2_step
+    """docs/performance.md: P² runs as a compiled function on GPUs (uncompiled with L2LANG_COMPILE=0) and on
+    numpy views on a CPU (compiled with L2LANG_COMPILE=1)."""
+    from l2lang.engine.state import p2_mode
 
+    gpu = torch.device("cuda")
     monkeypatch.delenv("L2LANG_COMPILE", raising=False)
-    assert _p2_step_for(CPU) is p2_step
+    assert (p2_mode(CPU), p2_mode(gpu)) == ("numpy", "compiled")
     monkeypatch.setenv("L2LANG_COMPILE", "0")
-    assert _p2_step_for(CPU) is p2_step
+    assert (p2_mode(CPU), p2_mode(gpu)) == ("numpy", "torch")
     monkeypatch.setenv("L2LANG_COMPILE", "1")
-    assert _p2_step_for(CPU) is not p2_step
+    assert (p2_mode(CPU), p2_mode(gpu)) == ("compiled", "compiled")
 
 
 def test_a_failing_compiler_falls_back_with_a_warning_from_the_estimator(monkeypatch) -> None:
@@ -207,13 +192,12 @@ def test_a_failing_compiler_falls_back_with_a_warning_from_the_estimator(monkeyp
         return compiled
 
     monkeypatch.setattr(state, "_compiled_p2_step", broken)
-    monkeypatch.setenv("L2LANG_COMPILE", "1")
-    ours, plain = Quartiles(1, CPU), Quartiles(1, CPU)
-    plain._step = state.p2_step
+    ours, plain = Quartiles(1, CPU, mode="compiled"), Quartiles(1, CPU, mode="torch")
     with pytest.warns(RuntimeWarning, match="torch.compile failed") as caught:
-        for q in (ours, plain):
-            q.add(torch.tensor([1.0], dtype=torch.float64), torch.ones(1, dtype=torch.bool))
-    assert torch.equal(ours.heights, plain.heights)
+        for _ in range(2):
+            for q in (ours, plain):
+                q.add(torch.tensor([1.0], dtype=torch.float64), torch.ones(1, dtype=torch.bool))
+    assert torch.equal(ours.heights, plain.heights) and ours.mode == "torch"
     assert [w.filename for w in caught] == [state.__file__]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.test_semantics import model, run, steps_acted
+from tests.tiny_models import layer_outputs_edited
 
 EVERY_STEP = list(range(1, 11))  # run() generates 11 tokens: decode steps 1..10
 
@@ -34,43 +35,33 @@ def test_a_shared_token_sampled_threshold_absorbs_every_row_of_a_step(tmp_path) 
             assert steps_acted(result, request) == list(range(first, 11)), sample
 
 
-def set_row_0(value: float):
-    """A forward hook that sets every element of row 0 of a decoder layer's output to `value`."""
+def row_0_set(layers, values: dict[int, float]):
+    """Inside the block, row 0 of decoder layer i's output is all `values[i]`."""
 
-    def hook(module, args, output):
-        hidden = output[0] if isinstance(output, tuple) else output
-        hidden = hidden.clone()
-        hidden[0] = value
-        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-    return hook
+    def set_row_0(value):
+        def edit(hidden):
+            hidden = hidden.clone()
+            hidden[0] = value
+            return hidden
+        return edit
+    return layer_outputs_edited(layers, {index: set_row_0(value) for index, value in values.items()})
 
 
 def test_a_comparison_with_a_shallower_layers_infinite_norm_is_false(tmp_path) -> None:
     """A rule read at layer 6 that also compares layer 2's norm: where that norm is infinite (row 0; the
     state is finite again from layer 3 on) the comparison is false, though `inf > 0`."""
-    layers = model().model.layers
-    handles = [layers[2].register_forward_hook(set_row_0(float("inf"))), layers[3].register_forward_hook(set_row_0(1.0))]
-    try:
-        with pytest.warns(RuntimeWarning, match="NaN or inf"):
-            result = run('if norm[2] > 0 and norm[6] > 0 mark "m" at 6\n', tmp_path, prompts=("hello there", "a b c d"),
-                         min_new_tokens=0)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with row_0_set(model().model.layers, {2: float("inf"), 3: 1.0}), pytest.warns(RuntimeWarning, match="NaN or inf"):
+        result = run('if norm[2] > 0 and norm[6] > 0 mark "m" at 6\n', tmp_path, prompts=("hello there", "a b c d"),
+                     min_new_tokens=0)
     assert steps_acted(result, 0) == [] and steps_acted(result, 1) == EVERY_STEP
 
 
 def test_an_action_at_a_layer_whose_state_is_not_finite_leaves_that_row_alone(tmp_path) -> None:
     """A rule reading layer 2 and acting at layer 6 does not act on a row whose state at layer 6 holds
     NaN, though its condition (at layer 2) held there; the row's neighbour is acted on."""
-
-    handle = model().model.layers[4].register_forward_hook(set_row_0(float("nan")))
-    try:
-        with pytest.warns(RuntimeWarning, match="NaN or inf"):
-            result = run('if norm[2] > 0 mark "m" at 6\n', tmp_path, prompts=("hello there", "a b c d"),
-                         min_new_tokens=0)
-    finally:
-        handle.remove()
+    with row_0_set(model().model.layers, {4: float("nan")}), pytest.warns(RuntimeWarning, match="NaN or inf"):
+        result = run('if norm[2] > 0 mark "m" at 6\n', tmp_path, prompts=("hello there", "a b c d"),
+                     min_new_tokens=0)
     assert steps_acted(result, 0) == [] and steps_acted(result, 1) == EVERY_STEP
 
 

@@ -153,8 +153,31 @@ def test_detaching_restores_the_model_exactly() -> None:
     plain, _ = generate(m, inputs)
     generate(m, inputs, strategy(str(CARD), tau=1e9))
     assert all(not layer._forward_hooks for layer in m.model.layers) and not m._forward_pre_hooks
+    assert all("forward" not in layer.__dict__ for layer in m.model.layers) and "generate" not in m.__dict__
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
     assert torch.equal(generate(m, inputs)[0], plain)
+
+
+def test_another_tools_forward_wrapper_stays_inside_and_its_hooks_see_the_acted_on_state(tmp_path: Path) -> None:
+    """l2lang wraps a layer's `forward` as it finds it (another tool's wrapper included, put back on exit);
+    a forward hook on that layer sees the state after l2lang's action."""
+    m, inputs = model("llama", 8), batch([[5, 6, 7]])
+    layer = m.model.layers[3]
+    calls, seen = [], []
+    own = layer.forward
+
+    def theirs(*args, **kwargs):
+        calls.append(1)
+        return own(*args, **kwargs)
+
+    layer.forward = theirs
+    handle = layer.register_forward_hook(lambda module, args, out: seen.append(out[0, -1].norm().item()))
+    try:
+        generate(m, inputs, strategy("if norm[3] > 0 suppress clamp 1e-3\n", tmp_path))
+    finally:
+        handle.remove()
+    assert layer.__dict__["forward"] is theirs and calls and max(seen[1:]) <= 1e-3 * (1 + 1e-5)  # (decode steps)
+    del layer.forward
 
 
 def test_kv_modes_both_run_and_refresh_writes_only_the_current_position(tmp_path: Path) -> None:

@@ -27,6 +27,29 @@ def test_p2_quartiles_track_the_sample_quartiles(seed: int, scale: float, shift:
     assert estimator.count.tolist() == [900, 300]
 
 
+VALUES = st.one_of(st.floats(-1e6, 1e6), st.sampled_from([0.0, 1.0, 2.0, float("inf"), float("nan")]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.tuples(VALUES, st.booleans()), min_size=4, max_size=4), min_size=1, max_size=40),
+       st.sampled_from([0.0, 1.5, 3.0]), st.sampled_from([1e-3, 0.5]), st.sampled_from([5, 6, 20]))
+@example([[(float(t % 7), True), (-float(t), t % 2 == 0), (float("nan"), True), (1e300, True)] for t in range(30)],
+         1.5, 1e-3, 5)
+def test_every_way_of_running_p2_gives_the_same_bits(steps, k, floor, warmup) -> None:
+    """The P² step on numpy views (CPU), as torch operations (the GPU's, uncompiled) — and so compiled,
+    which is the same function traced — agree bit for bit after every step: markers, positions, counts and
+    thresholds, for masked, repeated, huge and non-finite values (docs/performance.md)."""
+    runs = [Quartiles(4, CPU, k, floor, warmup, mode=mode) for mode in ("numpy", "torch")]
+    for step in steps:
+        values = torch.tensor([v for v, _ in step], dtype=torch.float32)
+        mask = torch.tensor([m for _, m in step])
+        for q in runs:
+            q.add(values, mask)
+        numpy_run, torch_run = runs
+        for name in ("count", "heights", "positions", "desired", "tau"):
+            assert torch.equal(getattr(numpy_run, name).nan_to_num(-7.0), getattr(torch_run, name).nan_to_num(-7.0)), name
+
+
 def test_threshold_is_silent_until_warm_and_then_q3_plus_k_iqr() -> None:
     estimator = Quartiles(1, CPU, k=1.5, iqr_floor=1e-3, warmup=9)
     for value in range(1, 10):

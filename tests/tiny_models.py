@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+
 import torch
 import transformers as tf
 
@@ -54,3 +57,25 @@ def tiny_model(family: str = "llama", layers: int = 8, seed: int = 0) -> torch.n
     model.eval()
     model.generation_config.pad_token_id = 0
     return model
+
+
+@contextlib.contextmanager
+def layer_outputs_edited(layers, edits: dict[int, Callable[[torch.Tensor], torch.Tensor]]):
+    """Inside the block, decoder layer i's `forward` returns its output hidden state passed through
+    `edits[i]`: what l2lang, which wraps `forward`, then sees as the layer's output."""
+
+    def edited(forward, edit):
+        def layer_forward(*args, **kwargs):
+            output = forward(*args, **kwargs)
+            if isinstance(output, tuple):
+                return (edit(output[0]), *output[1:])
+            return edit(output)
+        return layer_forward
+
+    for index, edit in edits.items():
+        layers[index].forward = edited(layers[index].forward, edit)
+    try:
+        yield
+    finally:
+        for index in edits:
+            del layers[index].forward

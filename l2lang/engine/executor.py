@@ -52,7 +52,7 @@ class Executor:
         self.block_layers = frozenset(j for r in plan.rules for a in r.actions if isinstance(a, P.RecursePlan)
                                       for j in range(a.first, a.layer + 1))
         self.hooked = tuple(sorted(set(self.needs) | set(self.steps_at) | self.block_layers))
-        self.observed = frozenset(plan.observe)
+        self.observed_in_order = sorted(plan.observe)
         # Layers whose norm nothing reads during the step: on decode steps their outputs are kept and
         # all their norms taken at the end of the step, in one operation.
         read = set(self.steps_at) | {layer for node in _read_during_step(plan) for layer in _layers_of(node)}
@@ -60,6 +60,8 @@ class Executor:
                                     if layer not in read and layer not in self.block_layers and kinds == {"norm"})
         # Per-step bookkeeping, decided once here rather than by walking the plan every step.
         self.streaks_of = {rule.id: _streak_slots(rule.condition) for rule in plan.rules}
+        self.step_invariant = {id(node) for root in _read_during_step(plan) for node in P.walk(root)
+                               if isinstance(node, P.Arith) and _on_thresholds_only(node)}
         self.on_fire = {rule.id for rule in plan.rules if rule.cooldown or self.streaks_of[rule.id]}
         self.latch_index = {rule_id: i for i, rule_id in enumerate(r.id for r in plan.rules
                                                                    if any(a.delay for a in r.actions))}
@@ -71,7 +73,8 @@ class Executor:
                                         dtype=torch.int64, device=device)
         self.skip_idle = device.type == "cpu"  # reading a mask is free on a CPU, a stall on a GPU
         self.records: list[StepRecord] = []
-        self.nonfinite = torch.zeros((), dtype=torch.int64, device=device)
+        self.nonfinite = torch.zeros((), dtype=torch.int64, device=device)  # states actions made non-finite
+        self.finite_log: list[tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = []  # per step: valid, finite
         self.rows: StepRows | None = None
         for name, vector in vectors.items():
             _refuse_overflow(plan, name, vector, dtype)
@@ -111,6 +114,7 @@ class Executor:
         self.reading: int | None = None
         self.decisions: dict[int, torch.Tensor] = {}
         self.draws: torch.Tensor | None = None
+        self.invariant: dict = {}  # thresholds and arithmetic on them: fixed for the step, computed once
         self.effects: dict[tuple[int, int], torch.Tensor] = {}
         self.extra_layer_passes = 0
         self.row_passes: torch.Tensor | None = None
@@ -122,15 +126,14 @@ class Executor:
             layers += [layer for layer, _ in self.deferred]
             parts.append(torch.linalg.vector_norm(torch.stack([h for _, h in self.deferred]), dim=-1,
                                                   dtype=torch.float32).view(len(self.deferred), rows.size))
-        kept = [layer for layer in sorted(self.observed) if ("norm", layer) in self.observations]
+        kept = [layer for layer in self.observed_in_order if ("norm", layer) in self.observations]
         if kept:
             layers += kept
             parts.append(torch.stack([self.observations[("norm", layer)] for layer in kept]))
         norms = parts[0] if len(parts) == 1 else torch.cat(parts) if parts else \
             torch.zeros(0, rows.size, device=rows.slots.device)
-        if self.finite:  # valid rows a state of which was NaN or infinite, once per step
-            finite = functools.reduce(operator.and_, self.finite.values())
-            self.nonfinite = self.nonfinite + (rows.valid & ~finite).sum()
+        if self.finite:  # valid rows a state of which was NaN or infinite: counted when reported
+            self.finite_log.append((rows.valid, tuple(self.finite.values())))
         if rows.phase != "prefill":
             self._finish_decode_step(rows)
         record = StepRecord(rows, self.table.snapshot, self.steps, tuple(layers), norms, self.effects,
@@ -333,17 +336,22 @@ class Executor:
                 return REDUCE[fn](stacked, dim=-1)
             case P.PassValue(name=name):
                 return passes[name]
-            case P.AdaptiveRef(threshold=name, estimator=est):
+            case P.AdaptiveRef(estimator=est):
                 if est in self.shared_estimators:
                     return self.shared_estimators[est].tau
-                return self._gather(table.quartiles.tau.view(len(table.local), -1)[table.local_index[est]])
+                taus = self.invariant.get("taus")
+                if taus is None:  # every request-scoped threshold of every row, once per step
+                    taus = self.invariant["taus"] = self._gather(table.quartiles.tau.view(len(table.local), -1))
+                return taus[table.local_index[est]]
+            case P.Arith() if id(node) in self.invariant:
+                return self.invariant[id(node)]
             case P.Arith(op="neg", args=(arg,)):
-                return -self._evaluate(arg, passes)
+                return self._keep_if_invariant(node, -self._evaluate(arg, passes))
             case P.Arith(op=op, args=(a, b)):
                 x, y = self._evaluate(a, passes), self._evaluate(b, passes)
                 if op == "/" and not torch.is_tensor(y) and y == 0:
-                    return x * float("inf")
-                return ARITH[op](x, y)
+                    return self._keep_if_invariant(node, x * float("inf"))
+                return self._keep_if_invariant(node, ARITH[op](x, y))
             case P.Cmp(ops=ops, operands=operands):
                 values = [self._evaluate(o, passes) for o in operands]
                 # a comparison with a non-finite operand is false; each operand is checked once, in the
@@ -384,6 +392,13 @@ class Executor:
                 return self.draws[slot] < self._evaluate(p, passes)
         raise TypeError(f"cannot evaluate {node!r}")
 
+    def _keep_if_invariant(self, node, value):
+        """`value` of `node`, kept for the rest of the step if the node is arithmetic on thresholds and
+        constants only (it cannot change within a step)."""
+        if id(node) in self.step_invariant:
+            self.invariant[id(node)] = value
+        return value
+
     def _coin_offsets(self) -> torch.Tensor | int:
         """Each row's part of its coins' salt: its decode step, or -1 - p for the prompt row at position p,
         times 7919; plus its request's seed times 1000003 where requests bring their own seeds."""
@@ -416,21 +431,22 @@ class Executor:
     def _mask(self, node, passes: dict | None = None) -> torch.Tensor:
         """A condition as a bool [N] tensor (a constant condition is broadcast)."""
         value = self._evaluate(node, passes)
-        if torch.is_tensor(value):
-            return value.bool().expand_as(self.rows.valid)
-        return torch.full_like(self.rows.valid, bool(value))
+        if not torch.is_tensor(value):
+            return torch.full_like(self.rows.valid, bool(value))
+        if value.dtype != torch.bool:
+            value = value.bool()
+        return value if value.shape == self.rows.valid.shape else value.expand_as(self.rows.valid)
 
     # -- actions -------------------------------------------------------------------------------
     def _apply(self, action, hidden: torch.Tensor, first_pass: torch.Tensor, mask: torch.Tensor, layer: int):
         table, rows = self.table, self.rows
-        m = mask[:, None]
         if _is_noop(action):
             return hidden, torch.zeros_like(mask)
         match action:
             case P.SteerPlan(vector=name, bank=None, coefficient=c, mode=mode):
                 vector = self.vectors[name].to(hidden.dtype)
                 new = hidden + c * vector if mode == "add" else (1 - c) * hidden + c * vector
-                return torch.where(m, new, hidden), mask
+                return torch.where(mask[:, None], new, hidden), mask
             case P.SteerPlan(bank=bank, coefficient=c, mode=mode, min_cos=min_cos):
                 if self._idle(mask):
                     return hidden, mask
@@ -440,7 +456,7 @@ class Executor:
                 new = hidden + c * chosen if mode == "add" else (1 - c) * hidden + c * chosen
                 return torch.where(effect[:, None], new, hidden), effect
             case P.SuppressPlan(mode="scale", value=s):
-                return torch.where(m, hidden * s, hidden), mask
+                return torch.where(mask[:, None], hidden * s, hidden), mask
             case P.SuppressPlan(mode="clamp", value=n):
                 norm = l2(hidden)[:, None]
                 effect = mask & (norm[:, 0] > n)
@@ -472,9 +488,9 @@ class Executor:
 
     def _recurse(self, action: P.RecursePlan, hidden: torch.Tensor, mask: torch.Tensor):
         rows = mask
-        accepted = torch.zeros_like(rows)
         if self._idle(rows):
-            return hidden, accepted
+            return hidden, mask  # (no row)
+        accepted = torch.zeros_like(rows)
         block = self.backend.block(action.first, action.layer, action.kv)
         base_norm = l2(hidden)
         current = hidden
@@ -505,8 +521,16 @@ class Executor:
         return current, accepted
 
     # -- results -------------------------------------------------------------------------------
+    def nonfinite_states(self) -> int:
+        """Valid rows of a step a state of which was NaN or infinite (once per row and step), plus states
+        that actions made non-finite."""
+        for valid, finite in self.finite_log:
+            self.nonfinite = self.nonfinite + (valid & ~functools.reduce(operator.and_, finite)).sum()
+        self.finite_log.clear()
+        return int(self.nonfinite)
+
     def warn_nonfinite(self) -> int:
-        count = int(self.nonfinite)
+        count = self.nonfinite_states()
         if count:
             warnings.warn(f"l2lang: {count} hidden state(s) held NaN or inf; those rows were left unmodified",
                           RuntimeWarning, stacklevel=2)
@@ -531,6 +555,16 @@ def _bound(node) -> float:
         case P.Arith(op="*", args=(a, b)):
             return _bound(a) * _bound(b)
     return math.inf
+
+
+def _on_thresholds_only(node) -> bool:
+    """Whether an expression reads nothing but constants and thresholds (fixed within a step)."""
+    match node:
+        case P.Const() | P.AdaptiveRef():
+            return True
+        case P.Arith(args=args):
+            return all(_on_thresholds_only(arg) for arg in args)
+    return False
 
 
 def _is_noop(action) -> bool:

@@ -13,6 +13,7 @@ import math
 import os
 import warnings
 
+import numpy
 import torch
 
 from l2lang.plan import Plan
@@ -103,15 +104,17 @@ class Quartiles:
     threshold it gives, `tau` = Q3 + k·max(Q3 − Q1, iqr_floor) once `warmup` values were absorbed (else
     NaN; NaN too when it exceeds `TAU_BOUND`, so that arithmetic on a threshold cannot overflow).
 
-    One `add` is one P² step for every stream, and recomputes `tau`: on a GPU (or with
-    L2LANG_COMPILE=1) the whole step is one compiled function (`torch.compile`), else about 170 small
-    tensor operations.
+    One `add` is one P² step for every stream (`p2_step`), and recomputes `tau`. How it runs depends on
+    the device (`p2_mode`): on a GPU as one compiled function (`torch.compile`: a few kernel launches
+    instead of about a hundred); on a CPU over numpy views of the same memory (a numpy operation on a
+    few numbers costs a fraction of a torch one), updating the fields in place. Every way gives the
+    same bits.
     """
 
     PROBS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
     def __init__(self, streams: int, device: torch.device, k: torch.Tensor | float = 1.5,
-                 iqr_floor: torch.Tensor | float = 1e-3, warmup: torch.Tensor | float = 5):
+                 iqr_floor: torch.Tensor | float = 1e-3, warmup: torch.Tensor | float = 5, mode: str | None = None):
         self.count = torch.zeros(streams, dtype=torch.int64, device=device)
         self.heights = torch.zeros(streams, 5, dtype=torch.float64, device=device)
         self.positions = torch.arange(1, 6, dtype=torch.float64, device=device).repeat(streams, 1)
@@ -119,7 +122,12 @@ class Quartiles:
         self.k, self.iqr_floor, self.warmup = (torch.as_tensor(v, dtype=torch.float64, device=device).expand(streams)
                                                for v in (k, iqr_floor, warmup))
         self.tau = torch.full((streams,), float("nan"), device=device)
-        self._step = _p2_step_for(device)
+        self.markers = torch.arange(5, device=device)
+        self.increments = torch.tensor(self.PROBS, dtype=torch.float64, device=device)
+        self.mode = mode or p2_mode(device)
+        if self.mode == "numpy":  # views of the tensors' memory: the tensors stay the state, updated in place
+            self.arrays = [t.numpy() for t in (self.count, self.heights, self.positions, self.desired, self.k,
+                                               self.iqr_floor, self.warmup, self.markers, self.increments)]
 
     def reset(self, streams: torch.Tensor) -> None:
         """Empty the streams whose indices are given (a slot handed to a new request)."""
@@ -131,75 +139,91 @@ class Quartiles:
 
     def add(self, value: torch.Tensor, mask: torch.Tensor) -> None:
         """Absorb `value[i]` into stream i where `mask[i]` (and the value is finite)."""
-        self.count, self.heights, self.positions, self.desired, self.tau = self._step(
-            self.count, self.heights, self.positions, self.desired, value, mask, self.k, self.iqr_floor, self.warmup)
+        if self.mode == "numpy":
+            count, heights, positions, desired, *rest = self.arrays
+            new = p2_step(numpy, count, heights, positions, desired, value.numpy().astype(numpy.float64),
+                          mask.numpy(), *rest)
+            for old, updated in zip((count, heights, positions, desired, self.tau.numpy()), new):
+                old[...] = updated  # (tau: float64 to float32 as `Tensor.float` rounds)
+            return
+        args = (self.count, self.heights, self.positions, self.desired, value.to(torch.float64), mask, self.k,
+                self.iqr_floor, self.warmup, self.markers, self.increments)
+        if self.mode == "compiled":
+            try:
+                self.count, self.heights, self.positions, self.desired, self.tau = _compiled_p2_step()(*args)
+                return
+            except Exception as exc:  # a missing or broken compiler must not stop generation
+                warnings.warn(f"l2lang: torch.compile failed ({type(exc).__name__}); estimators run uncompiled",
+                              RuntimeWarning, stacklevel=1)
+                self.mode = "torch"
+        self.count, self.heights, self.positions, self.desired, self.tau = _p2_step_torch(*args)
 
 
-def p2_step(count, heights, positions, desired, value, mask, k, iqr_floor, warmup):
+def p2_step(xp, count, heights, positions, desired, x, mask, k, iqr_floor, warmup, markers, increments):
     """One P² step (Jain & Chlamtac, 1985) for every stream, masked so that streams outside `mask` keep
-    their markers exactly; then each stream's threshold. Returns (count, heights, positions, desired, tau).
+    their markers exactly; then each stream's threshold (float64). `xp` is the array namespace, `torch` or
+    `numpy`: the step uses only what both spell alike. `x`: float64 values; `markers`: 0..4;
+    `increments`: `Quartiles.PROBS`. Returns (count, heights, positions, desired, tau).
 
-    Markers are handled as lists of columns (one `unbind`, one `stack`) rather than indexed in place.
+    Markers are handled as lists of columns rather than indexed in place.
     """
-    x = value.to(torch.float64)
-    mask = mask & (x.abs() < math.inf)
-    x = torch.where(mask, x, 0.0)
+    mask = mask & (abs(x) < math.inf)
+    x = xp.where(mask, x, 0.0)
     filling = mask & (count < 5)
-    filled = heights.scatter(1, count.clamp(max=4)[:, None], x[:, None])
-    heights = torch.where(filling[:, None], filled, heights)
-    heights = torch.where((filling & (count == 4))[:, None], heights.sort(dim=1).values, heights)
+    heights = xp.where(filling[:, None] & (markers == count[:, None]), x[:, None], heights)  # the first five
+    full = filling & (count == 4)
+    ordered = xp.sort(heights, 1)
+    heights = xp.where(full[:, None], getattr(ordered, "values", ordered), heights)          # sorted once five
     update = mask & (count >= 5)
-    cell = (x[:, None] >= heights[:, 1:4]).sum(dim=1)  # 0..3: the cell x falls in
-    markers = torch.arange(5, device=x.device)
-    positions = positions + ((markers > cell[:, None]) & update[:, None]).to(positions.dtype)
-    desired = desired + torch.tensor(Quartiles.PROBS, dtype=torch.float64, device=x.device) * update[:, None]
-    qs, ns, ds = list(heights.unbind(1)), list(positions.unbind(1)), desired.unbind(1)
-    qs[0] = torch.where(update & (x < qs[0]), x, qs[0])
-    qs[4] = torch.where(update & (x > qs[4]), x, qs[4])
+    cell = (x[:, None] >= heights[:, 1:4]).sum(1)  # 0..3: the cell x falls in
+    positions = positions + ((markers > cell[:, None]) & update[:, None]) * 1.0
+    desired = desired + increments * update[:, None]
+    qs, ns, ds = [heights[:, i] for i in range(5)], [positions[:, i] for i in range(5)], \
+        [desired[:, i] for i in range(5)]
+    qs[0] = xp.where(update & (x < qs[0]), x, qs[0])
+    qs[4] = xp.where(update & (x > qs[4]), x, qs[4])
     for i in (1, 2, 3):
         d = ds[i] - ns[i]
         left, right = ns[i] - ns[i - 1], ns[i + 1] - ns[i]
         move = update & (((d >= 1) & (right > 1)) | ((d <= -1) & (left > 1)))
-        sign = torch.sign(d)
+        sign = xp.sign(d)
         parabolic = qs[i] + sign / (ns[i + 1] - ns[i - 1]) * (
             (left + sign) * (qs[i + 1] - qs[i]) / right + (right - sign) * (qs[i] - qs[i - 1]) / left)
         up = sign > 0
-        neighbour = torch.where(up, qs[i + 1], qs[i - 1])
-        neighbour_n = torch.where(up, ns[i + 1], ns[i - 1])
+        neighbour = xp.where(up, qs[i + 1], qs[i - 1])
+        neighbour_n = xp.where(up, ns[i + 1], ns[i - 1])
         linear = qs[i] + sign * (neighbour - qs[i]) / (neighbour_n - ns[i])
         inside = (qs[i - 1] < parabolic) & (parabolic < qs[i + 1])
-        qs[i] = torch.where(move, torch.where(inside, parabolic, linear), qs[i])
-        ns[i] = torch.where(move, ns[i] + sign, ns[i])
-    heights, positions = torch.stack(qs, dim=1), torch.stack(ns, dim=1)
-    count = count + mask.to(torch.int64)
+        qs[i] = xp.where(move, xp.where(inside, parabolic, linear), qs[i])
+        ns[i] = xp.where(move, ns[i] + sign, ns[i])
+    heights, positions = xp.stack(qs, 1), xp.stack(ns, 1)
+    count = count + mask
     q1, q3 = heights[:, 1], heights[:, 3]
-    tau = q3 + k * torch.maximum(q3 - q1, iqr_floor)
-    tau = torch.where((count >= warmup) & (tau.abs() <= TAU_BOUND), tau, math.nan).float()
+    tau = q3 + k * xp.maximum(q3 - q1, iqr_floor)
+    tau = xp.where((count >= warmup) & (abs(tau) <= TAU_BOUND), tau, math.nan)
     return count, heights, positions, desired, tau
+
+
+def _p2_step_torch(*args):
+    """`p2_step` on torch tensors, with the threshold in float32."""
+    *fields, tau = p2_step(torch, *args)
+    return (*fields, tau.float())
 
 
 @functools.cache
 def _compiled_p2_step():
-    return torch.compile(p2_step, dynamic=True, fullgraph=True)
+    return torch.compile(_p2_step_torch, dynamic=True, fullgraph=True)
 
 
-def _p2_step_for(device: torch.device):
-    """`p2_step`, compiled where that pays: on a GPU, or anywhere with L2LANG_COMPILE=1 (L2LANG_COMPILE=0:
-    never). A compiler that fails falls back to the plain function, with a warning."""
+def p2_mode(device: torch.device) -> str:
+    """How `Quartiles` runs its P² step: "numpy" on a CPU, "compiled" on other devices, "torch" (plain
+    tensor operations) where L2LANG_COMPILE=0 says not to compile; L2LANG_COMPILE=1 compiles on a CPU too."""
     wanted = os.environ.get("L2LANG_COMPILE", "auto")
-    if wanted == "0" or (wanted != "1" and device.type == "cpu"):
-        return p2_step
-    compiled = _compiled_p2_step()
-
-    def step(*args):
-        try:
-            return compiled(*args)
-        except Exception as exc:  # a missing or broken compiler must not stop generation
-            warnings.warn(f"l2lang: torch.compile failed ({type(exc).__name__}); estimators run uncompiled",
-                          RuntimeWarning, stacklevel=2)
-            os.environ["L2LANG_COMPILE"] = "0"
-            return p2_step(*args)
-    return step
+    if wanted == "1":
+        return "compiled"
+    if device.type == "cpu":
+        return "numpy"
+    return "torch" if wanted == "0" else "compiled"
 
 
 class Bank:

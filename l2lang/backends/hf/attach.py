@@ -5,11 +5,13 @@
         model.generate(...)
     run.report()
 
-`Run` installs a pre-hook and a hook on the model (step boundaries) and forward hooks on the
-decoder layers the plan needs, and removes every one on exit. It turns `generate`'s padded
-`[batch, time]` steps into the engine's flat token rows: the prefill step starts one request per
-batch row, each decode step feeds one row per request. It is also the engine's `LayerBackend`:
-`block()` re-runs decoder layers with the arguments their first pass got, the KV cache swapped for
+`Run` installs a pre-hook and a hook on the model (step boundaries) and wraps the `forward` of the
+decoder layers the plan needs (an instance attribute: a module with forward hooks takes PyTorch's
+slower call path, which costs more per layer than l2lang's own work), and undoes both on exit. It
+sees a layer's output as the layer's `forward` returns it, before any forward hooks others put there.
+It turns `generate`'s padded `[batch, time]` steps into the engine's flat token rows: the prefill
+step starts one request per batch row, each decode step feeds one row per request. It is also the
+engine's `LayerBackend`: `block()` re-runs decoder layers with the arguments their first pass got, the KV cache swapped for
 a view that freezes or refreshes this position (`l2lang.backends.hf.cache`).
 """
 
@@ -52,8 +54,10 @@ class Run:
             self.plan = self.plan.model_copy(update={"observe": tuple(range(self.adapter.num_layers))})
         self.executor: Executor | None = None
         self.handles: list = []
+        self.forwards: dict[int, object] = {}        # each hooked layer's own forward
+        self.wrapped: dict[int, object | None] = {}  # what the layer's instance `forward` was before
         self.calls: list[tuple[int, list[int]]] = []  # per generate call: first record, request uids
-        self.eos = torch.tensor([-1])
+        self.eos, self.eos_id = torch.tensor([-1]), -1
 
     # -- lifetime ------------------------------------------------------------------------------
     def __enter__(self) -> Run:
@@ -66,8 +70,10 @@ class Run:
         self.handles.append(self.model.register_forward_pre_hook(self._begin_step, with_kwargs=True))
         self.handles.append(self.model.register_forward_hook(self._end_step, with_kwargs=True))
         for index in self.executor.hooked:
-            self.handles.append(self.adapter.layers[index].register_forward_hook(self._layer_hook(index),
-                                                                                 with_kwargs=True))
+            layer = self.adapter.layers[index]
+            self.forwards[index] = layer.forward
+            self.wrapped[index] = layer.__dict__.get("forward")  # another tool's wrapper, put back on exit
+            layer.forward = self._layer_forward(index, layer.forward)
         self.model.generate = self._generate(self.model.generate)  # an instance attribute, deleted on exit
         return self
 
@@ -75,6 +81,13 @@ class Run:
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
+        for index, previous in self.wrapped.items():
+            layer = self.adapter.layers[index]
+            if previous is None:
+                del layer.forward
+            else:
+                layer.forward = previous
+        self.wrapped.clear()
         self.model.__dict__.pop("generate", None)
 
     def _generate(self, generate):
@@ -94,6 +107,7 @@ class Run:
             getattr(config, "eos_token_id", None)
         ids = eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else []
         self.eos = torch.tensor(sorted(set(ids)) or [-1], device=next(self.model.parameters()).device)
+        self.eos_id = self.eos.tolist()[0] if len(self.eos) == 1 else None  # one id: compared as a number
 
     # -- step boundaries -----------------------------------------------------------------------
     def _begin_step(self, module, args, kwargs):
@@ -132,7 +146,10 @@ class Run:
                 raise GenerationError.one(f"l2lang decodes one token per step; this call feeds {width}",
                                           path="<generate>", hint="assisted or speculative decoding is not supported")
             if input_ids is not None:  # a request that fed back an end-of-sequence token has finished
-                self.running = self.running & torch.isin(input_ids[:, -1], self.eos, invert=True)
+                last = input_ids[:, -1]
+                # (a new tensor: earlier steps' records hold the old one)
+                self.running = self.running & (last != self.eos_id if self.eos_id is not None else
+                                               torch.isin(last, self.eos, invert=True))
             self.decode_step += 1
             rows = StepRows(slots=self.request_rows, decode=self.all_decode,
                             valid=self.running, phase="decode", step=self.decode_step)
@@ -146,16 +163,18 @@ class Run:
     def _acts_in_decode(self) -> bool:
         return any(rule.phase != "prefill" for rule in self.plan.rules)
 
-    def _layer_hook(self, index: int):
+    def _layer_forward(self, index: int, forward):
         executor = self.executor
 
         wants_input, recorded = executor.wants_input(index), index in executor.block_layers
+        deferrable = index in executor.deferrable
 
-        def hook(module, args, kwargs, output):
+        def layer_forward(*args, **kwargs):
+            output = forward(*args, **kwargs)
             if executor.rows is None:
                 return output
             hidden = output[0] if isinstance(output, tuple) else output
-            if executor.defer(index, hidden):  # observed only: its norm is taken at the end of the step
+            if deferrable and executor.defer(index, hidden):  # observed only: normed at the end of the step
                 return output
             if recorded:
                 self.layer_calls[index] = (args, kwargs)
@@ -167,7 +186,7 @@ class Run:
                 return output
             new = new.view(hidden.shape)
             return (new, *output[1:]) if isinstance(output, tuple) else new
-        return hook
+        return layer_forward
 
     # -- the engine's LayerBackend ---------------------------------------------------------------
     def block(self, first: int, last: int, kv: KVMode) -> _Block:
@@ -199,10 +218,8 @@ class _Block:
             args, kwargs = run.layer_calls[j]
             args = tuple(view if a is cache else a for a in args)
             kwargs = {k: (view if v is cache else v) for k, v in kwargs.items()}
-            if args:
-                out = run.adapter.layers[j].forward(state, *args[1:], **kwargs)
-            else:
-                out = run.adapter.layers[j].forward(**{**kwargs, "hidden_states": state})
+            forward = run.forwards[j]  # the layer's own: another pass is not observed
+            out = forward(state, *args[1:], **kwargs) if args else forward(**{**kwargs, "hidden_states": state})
             state = out[0] if isinstance(out, tuple) else out
         return state.reshape(hidden.shape)
 

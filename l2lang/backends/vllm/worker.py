@@ -142,7 +142,7 @@ class _Hooks:
             out.append({"rows": rows.to_plain(), "interventions": report.requests[0]["interventions"],
                         "counts": report.requests[0]["counts"], "labels": list(report.interventions),
                         "extra_layer_passes": report.requests[0]["extra_layer_passes"],
-                        "nonfinite": int(executor.nonfinite)})
+                        "nonfinite": executor.nonfinite_states()})
         for key, executor in self.executors.items():  # records no running request needs any more
             firsts = [r.first_record for r in self.requests.values() if r.key == key]
             keep = min(firsts) if firsts else len(executor.records)
