@@ -126,7 +126,8 @@ class Executor:
             layers += [layer for layer, _ in self.deferred]
             parts.append(torch.linalg.vector_norm(torch.stack([h for _, h in self.deferred]), dim=-1,
                                                   dtype=torch.float32).view(len(self.deferred), rows.size))
-        kept = [layer for layer in self.observed_in_order if ("norm", layer) in self.observations]
+        kept = [layer for layer in self.observed_in_order if ("norm", layer) in self.observations] \
+            if self.observations else []
         if kept:
             layers += kept
             parts.append(torch.stack([self.observations[("norm", layer)] for layer in kept]))
@@ -134,7 +135,7 @@ class Executor:
             torch.zeros(0, rows.size, device=rows.slots.device)
         if self.finite:  # valid rows a state of which was NaN or infinite: counted when reported
             self.finite_log.append((rows.valid, tuple(self.finite.values())))
-        if rows.phase != "prefill":
+        if rows.phase != "prefill" and (self.latch_index or self.plan.estimators):
             self._finish_decode_step(rows)
         record = StepRecord(rows, self.table.snapshot, self.steps, tuple(layers), norms, self.effects,
                             self.extra_layer_passes, self.row_passes)
