@@ -77,6 +77,28 @@ def test_a_request_key_computed_on_the_host_equals_the_batched_one() -> None:
     assert [request_key([5, 6]), request_key([5, 6, 7, 8]), request_key([5, 6], ordinal=1)] == keys
 
 
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.integers(-2**63, 2**63 - 1), min_size=1, max_size=6), st.integers(0, 2**31),
+       st.one_of(st.integers(-10**6, 10**6), st.lists(st.integers(-10**9, 10**9), min_size=6, max_size=6)))
+@example([2**63 - 1, -2**63, 0], 0, -1)
+def test_coins_on_numpy_views_are_the_bits_torch_draws(keys, seed, offsets) -> None:
+    """`uniform_from_salts` on a CPU mixes on numpy views; a device tensor mixes with torch operations:
+    the same draws, bit for bit, for a step number or one offset per row."""
+    from l2lang.engine import state
+
+    keys = torch.tensor(keys, dtype=torch.int64)
+    bases = torch.tensor([state.coin_salts(seed, slot) for slot in range(3)], dtype=torch.int64)
+    offsets = offsets if isinstance(offsets, int) else torch.tensor(offsets[:len(keys)], dtype=torch.int64)
+
+    class OnDevice(torch.Tensor):  # a CPU tensor that says it is not on the CPU (takes the torch path)
+        @property
+        def device(self):
+            return torch.device("meta")
+
+    on_device = state.uniform_from_salts(keys.as_subclass(OnDevice), bases, offsets)
+    assert torch.equal(state.uniform_from_salts(keys, bases, offsets), on_device.as_subclass(torch.Tensor))
+
+
 def test_coins_are_uniform_and_reproducible() -> None:
     keys = torch.arange(1000, dtype=torch.int64)
     draws = uniform(7, keys, 3, 0)

@@ -1,1 +1,1 @@
-"""The Hugging Face `transformers` backend: hooks on decoder layers inside `model.generate`."""
+"""The Hugging Face `transformers` backend: wrapped decoder-layer forwards inside `model.generate`."""
