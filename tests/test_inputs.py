@@ -217,11 +217,12 @@ def test_ctrl_c_in_a_real_process() -> None:
     syscall = Path(f"/proc/{process.pid}/syscall")
     read = {"x86_64": "0", "aarch64": "63"}.get(platform.machine())  # read(2)'s number
     deadline = time.monotonic() + (60 if read else 0)
-    while time.monotonic() < deadline:  # wait until it blocks in read(2), well inside the command
-        try:
-            if syscall.read_text().split()[0] == read:
+    while time.monotonic() < deadline:  # wait until it blocks in read(2) of the pipe, inside the command
+        try:                               # (not of a module it imports: the first argument is the fd read)
+            number, fd = syscall.read_text().split()[:2]
+            if number == read and os.readlink(f"/proc/{process.pid}/fd/{int(fd, 16)}").startswith("pipe:"):
                 break
-        except (OSError, IndexError):
+        except (OSError, ValueError):
             pass
         time.sleep(0.05)
     else:

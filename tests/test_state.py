@@ -36,9 +36,9 @@ VALUES = st.one_of(st.floats(-1e6, 1e6), st.sampled_from([0.0, 1.0, 2.0, float("
 @example([[(float(t % 7), True), (-float(t), t % 2 == 0), (float("nan"), True), (1e300, True)] for t in range(30)],
          1.5, 1e-3, 5)
 def test_every_way_of_running_p2_gives_the_same_bits(steps, k, floor, warmup) -> None:
-    """The P² step on numpy views (CPU), as torch operations (the GPU's, uncompiled) — and so compiled,
-    which is the same function traced — agree bit for bit after every step: markers, positions, counts and
-    thresholds, for masked, repeated, huge and non-finite values (docs/performance.md)."""
+    """The P² step on numpy views (a CPU's) and as torch operations (a GPU's, uncompiled) agree bit for
+    bit after every step: markers, positions, counts and thresholds, for masked, repeated, huge and
+    non-finite values (docs/performance.md)."""
     runs = [Quartiles(4, CPU, k, floor, warmup, mode=mode) for mode in ("numpy", "torch")]
     for step in steps:
         values = torch.tensor([v for v, _ in step], dtype=torch.float32)

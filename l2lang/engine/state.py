@@ -114,8 +114,9 @@ class Quartiles:
     One `add` is one P² step for every stream (`p2_step`), and recomputes `tau`. How it runs depends on
     the device (`p2_mode`): on a GPU as one compiled function (`torch.compile`: a few kernel launches
     instead of about a hundred); on a CPU over numpy views of the same memory (a numpy operation on a
-    few numbers costs a fraction of a torch one), updating the fields in place. Every way gives the
-    same bits.
+    few numbers costs a fraction of a torch one), updating the fields in place. Numpy and plain torch
+    operations give the same bits; a compiler may fuse a multiply and an add, and so round differently
+    in the last bit.
     """
 
     PROBS = (0.0, 0.25, 0.5, 0.75, 1.0)

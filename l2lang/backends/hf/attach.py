@@ -11,8 +11,8 @@ slower call path, which costs more per layer than l2lang's own work), and undoes
 sees a layer's output as the layer's `forward` returns it, before any forward hooks others put there.
 It turns `generate`'s padded `[batch, time]` steps into the engine's flat token rows: the prefill
 step starts one request per batch row, each decode step feeds one row per request. It is also the
-engine's `LayerBackend`: `block()` re-runs decoder layers with the arguments their first pass got, the KV cache swapped for
-a view that freezes or refreshes this position (`l2lang.backends.hf.cache`).
+engine's `LayerBackend`: `block()` re-runs decoder layers with the arguments their first pass got,
+the KV cache swapped for a view that freezes or refreshes this position (`l2lang.backends.hf.cache`).
 """
 
 from __future__ import annotations
