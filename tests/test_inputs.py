@@ -212,8 +212,10 @@ def test_ctrl_c_exits_130_with_one_line(monkeypatch, capsys) -> None:
 
 def test_ctrl_c_in_a_real_process() -> None:
     """SIGINT while `run` waits for its prompts (on a pipe nobody writes to): one line, exit 130."""
+    # (SIGINT as a terminal delivers it: a job started in the background by a shell inherits it ignored)
     process = subprocess.Popen(CLI + ["run", "baseline", "--prompts", "/dev/stdin"], env=ENV, stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     syscall = Path(f"/proc/{process.pid}/syscall")
     read = {"x86_64": "0", "aarch64": "63"}.get(platform.machine())  # read(2)'s number
     deadline = time.monotonic() + (60 if read else 0)
