@@ -54,6 +54,8 @@ def test_a_comparison_with_a_shallower_layers_infinite_norm_is_false(tmp_path) -
         result = run('if norm[2] > 0 and norm[6] > 0 mark "m" at 6\n', tmp_path, prompts=("hello there", "a b c d"),
                      min_new_tokens=0)
     assert steps_acted(result, 0) == [] and steps_acted(result, 1) == EVERY_STEP
+    # request 0's state is counted non-finite once per decode step (where the rule checks it), request 1's never
+    assert result.report.nonfinite_states == len(EVERY_STEP)
 
 
 def test_an_action_at_a_layer_whose_state_is_not_finite_leaves_that_row_alone(tmp_path) -> None:

@@ -114,7 +114,8 @@ class Executor:
         self.reading: int | None = None
         self.decisions: dict[int, torch.Tensor] = {}
         self.draws: torch.Tensor | None = None
-        self.invariant: dict = {}  # thresholds and arithmetic on them: fixed for the step, computed once
+        self.taus: torch.Tensor | None = None  # every request-scoped threshold of every row, gathered once
+        self.invariant: dict[int, torch.Tensor | float] = {}  # arithmetic on thresholds, by node: computed once
         self.effects: dict[tuple[int, int], torch.Tensor] = {}
         self.extra_layer_passes = 0
         self.row_passes: torch.Tensor | None = None
@@ -340,10 +341,9 @@ class Executor:
             case P.AdaptiveRef(estimator=est):
                 if est in self.shared_estimators:
                     return self.shared_estimators[est].tau
-                taus = self.invariant.get("taus")
-                if taus is None:  # every request-scoped threshold of every row, once per step
-                    taus = self.invariant["taus"] = self._gather(table.quartiles.tau.view(len(table.local), -1))
-                return taus[table.local_index[est]]
+                if self.taus is None:
+                    self.taus = self._gather(table.quartiles.tau.view(len(table.local), -1))
+                return self.taus[table.local_index[est]]
             case P.Arith() if id(node) in self.invariant:
                 return self.invariant[id(node)]
             case P.Arith(op="neg", args=(arg,)):
@@ -430,13 +430,10 @@ class Executor:
         return value.abs() < math.inf
 
     def _mask(self, node, passes: dict | None = None) -> torch.Tensor:
-        """A condition as a bool [N] tensor (a constant condition is broadcast)."""
+        """A condition as a bool tensor that broadcasts over the rows (the checker makes every condition
+        a true/false test; a constant one is made a tensor over the rows)."""
         value = self._evaluate(node, passes)
-        if not torch.is_tensor(value):
-            return torch.full_like(self.rows.valid, bool(value))
-        if value.dtype != torch.bool:
-            value = value.bool()
-        return value if value.shape == self.rows.valid.shape else value.expand_as(self.rows.valid)
+        return value if torch.is_tensor(value) else torch.full_like(self.rows.valid, bool(value))
 
     # -- actions -------------------------------------------------------------------------------
     def _apply(self, action, hidden: torch.Tensor, first_pass: torch.Tensor, mask: torch.Tensor, layer: int):

@@ -186,12 +186,11 @@ def p2_step(xp, count, heights, positions, desired, x, mask, k, iqr_floor, warmu
     cell = (x[:, None] >= heights[:, 1:4]).sum(1)  # 0..3: the cell x falls in
     positions = positions + ((markers > cell[:, None]) & update[:, None]) * 1.0
     desired = desired + increments * update[:, None]
-    qs, ns, ds = [heights[:, i] for i in range(5)], [positions[:, i] for i in range(5)], \
-        [desired[:, i] for i in range(5)]
+    qs, ns = [heights[:, i] for i in range(5)], [positions[:, i] for i in range(5)]
     qs[0] = xp.where(update & (x < qs[0]), x, qs[0])
     qs[4] = xp.where(update & (x > qs[4]), x, qs[4])
     for i in (1, 2, 3):
-        d = ds[i] - ns[i]
+        d = desired[:, i] - ns[i]
         left, right = ns[i] - ns[i - 1], ns[i + 1] - ns[i]
         move = update & (((d >= 1) & (right > 1)) | ((d <= -1) & (left > 1)))
         sign = xp.sign(d)
