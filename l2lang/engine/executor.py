@@ -24,6 +24,7 @@ import functools
 import math
 import operator
 import warnings
+from collections.abc import Callable
 
 import torch
 
@@ -35,7 +36,14 @@ from l2lang.errors import GenerationError
 
 COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq,
            "!=": operator.ne}
-ARITH = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
+
+
+def _divide(x, y):
+    """x / y, where dividing by the number 0 gives x·inf (as a tensor divided by 0 does), not an error."""
+    return x * math.inf if not torch.is_tensor(y) and y == 0 else x / y
+
+
+ARITH = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": _divide}
 REDUCE = {"mean": torch.mean, "max": torch.amax, "min": torch.amin, "sum": torch.sum}
 
 
@@ -60,8 +68,6 @@ class Executor:
                                     if layer not in read and layer not in self.block_layers and kinds == {"norm"})
         # Per-step bookkeeping, decided once here rather than by walking the plan every step.
         self.streaks_of = {rule.id: _streak_slots(rule.condition) for rule in plan.rules}
-        self.step_invariant = {id(node) for root in _read_during_step(plan) for node in P.walk(root)
-                               if isinstance(node, P.Arith) and _on_thresholds_only(node)}
         self.on_fire = {rule.id for rule in plan.rules if rule.cooldown or self.streaks_of[rule.id]}
         self.latch_index = {rule_id: i for i, rule_id in enumerate(r.id for r in plan.rules
                                                                    if any(a.delay for a in r.actions))}
@@ -76,8 +82,13 @@ class Executor:
         self.nonfinite = torch.zeros((), dtype=torch.int64, device=device)  # states actions made non-finite
         self.finite_log: list[tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = []  # per step: valid, finite
         self.rows: StepRows | None = None
+        self.deferring = False  # whether layers only observed are normed at the end of the step (decode steps)
         for name, vector in vectors.items():
             _refuse_overflow(plan, name, vector, dtype)
+        self.conditions = {rule.id: self._compile_mask(rule.condition, rule.read_layer) for rule in plan.rules}
+        self.observables = {e.id: self._compile(e.observable) for e in plan.estimators}
+        self.stops = {id(action): [(mode, self._compile_mask(condition)) for mode, condition in action.stops]
+                      for rule in plan.rules for action in rule.actions if isinstance(action, P.RecursePlan)}
 
     # -- requests ------------------------------------------------------------------------------
     def start_requests(self, keys: torch.Tensor, seeds: torch.Tensor | None = None) -> tuple[torch.Tensor, list[int]]:
@@ -106,16 +117,15 @@ class Executor:
             steps = torch.where(rows.live_decode, current + 1, current)
             self._scatter(table.decode_steps, steps, None, rows)
             self.steps = steps if rows.phase == "decode" else torch.where(rows.decode, steps, 0)
-        self.deferring = rows.phase != "prefill"   # (prompts are long: their norms are taken at once)
+        self.deferring = rows.phase != "prefill"  # (prompts are long: their norms are taken at once)
         self.deferred: list[tuple[int, torch.Tensor]] = []
         self.observations: dict[tuple, torch.Tensor] = {}
         self.finite: dict[int, torch.Tensor] = {}
         self.usable: dict[int, torch.Tensor] = {}
-        self.reading: int | None = None
         self.decisions: dict[int, torch.Tensor] = {}
         self.draws: torch.Tensor | None = None
-        self.taus: torch.Tensor | None = None  # every request-scoped threshold of every row, gathered once
-        self.invariant: dict[int, torch.Tensor | float] = {}  # arithmetic on thresholds, by node: computed once
+        self.taus: tuple[torch.Tensor, ...] | None = None  # request-scoped thresholds of the rows (`_taus`)
+        self.invariant: dict[object, torch.Tensor | float] = {}  # arithmetic on thresholds: computed once
         self.effects: dict[tuple[int, int], torch.Tensor] = {}
         self.extra_layer_passes = 0
         self.row_passes: torch.Tensor | None = None
@@ -141,7 +151,7 @@ class Executor:
         record = StepRecord(rows, self.table.snapshot, self.steps, tuple(layers), norms, self.effects,
                             self.extra_layer_passes, self.row_passes)
         self.records.append(record)
-        self.rows = None
+        self.rows, self.deferring = None, False
         return record
 
     def _finish_decode_step(self, rows: StepRows) -> None:
@@ -155,15 +165,13 @@ class Executor:
     def _feed_estimators(self, live: torch.Tensor) -> None:
         table = self.table
         if table.local:  # every request-scoped estimator in one vectorised update
-            values = torch.stack([self._evaluate(e.observable) for e in table.local])
+            values = torch.stack([self.observables[e.id](None) for e in table.local])
+            per_slot = values.new_zeros(len(table.local), table.capacity + 1)
+            mask = torch.zeros_like(per_slot, dtype=torch.bool)
             if self.rows.phase == "decode":  # rows are the first slots
-                pad = (0, table.capacity + 1 - self.rows.size)
-                per_slot = torch.nn.functional.pad(values, pad)
-                mask = torch.nn.functional.pad(live, pad).expand(len(table.local), -1)
+                per_slot[:, :self.rows.size] = values
+                mask[:, :self.rows.size] = live
             else:
-                size = table.capacity + 1
-                per_slot = torch.zeros(len(table.local), size, dtype=values.dtype, device=values.device)
-                mask = torch.zeros(len(table.local), size, dtype=torch.bool, device=values.device)
                 for target, source in ((per_slot, values), (mask, live.expand_as(values))):
                     self._scatter(target, source, live, self.rows)
                 mask[:, table.scratch] = False
@@ -172,7 +180,7 @@ class Executor:
             threshold = self.plan.thresholds[est.threshold]
             if threshold.scope != "shared":
                 continue
-            value = self._evaluate(est.observable).to(torch.float64)
+            value = self.observables[est.id](None).to(torch.float64)
             shared = self.shared_estimators[est.id]
             if threshold.sample == "batch":
                 mean = torch.where(live, value, torch.zeros_like(value)).sum() / live.sum().clamp(min=1)
@@ -301,9 +309,7 @@ class Executor:
         phase = _phase_mask(rule.phase, rows)
         if phase is False:
             return torch.zeros_like(rows.valid)
-        self.reading = rule.read_layer  # (its rows are checked finite by `_usable`: see `_finite_check`)
-        mask = self._usable(rule.read_layer) & self._mask(rule.condition)
-        self.reading = None
+        mask = self._usable(rule.read_layer) & self.conditions[rule.id](None)  # (see `_finite_check`)
         if phase is not True:
             mask = mask & phase
         if rule.cooldown and rows.phase != "prefill":
@@ -322,83 +328,143 @@ class Executor:
         return self.skip_idle and not bool(mask.any())
 
     # -- evaluation ----------------------------------------------------------------------------
-    def _evaluate(self, node, passes: dict | None = None) -> torch.Tensor | float | bool:
-        """A plan expression over the rows: a [N] tensor, or a Python number for constants.
+    # Plan expressions are compiled once, when the executor is made, into Python functions of the step's
+    # state (and of a recursion's pass values): evaluating one walks no plan and decides nothing that the
+    # plan already fixes. Constants stay Python numbers, so evaluating never copies from host to device.
 
-        Constants stay Python numbers so that evaluating never copies from host to device.
-        """
-        table, rows = self.table, self.rows
+    def _compile(self, node, reading: int | None = None) -> Callable[[dict | None], torch.Tensor | float | bool]:
+        """`node` as a function of the pass values (None outside a recursion) giving its value over the rows:
+        a [N] tensor, or a Python number for constants. `reading`: the read layer of the rule whose
+        condition this is (its rows are already known finite there: see `_finite_check`)."""
+        table = self.table
         match node:
             case P.Const(value=value):
-                return value
+                return lambda passes: value
             case P.Observe(observable=obs, layer=layer, vector=vector):
-                return self.observations[(obs, layer, vector) if vector else (obs, layer)]
+                key = (obs, layer, vector) if vector else (obs, layer)
+                return lambda passes: self.observations[key]
             case P.Reduce(fn=fn, observable=obs, layers=layers):
-                stacked = torch.stack([self.observations[(obs, layer)] for layer in layers], dim=-1)
-                return REDUCE[fn](stacked, dim=-1)
+                reduce, keys = REDUCE[fn], [(obs, layer) for layer in layers]
+                return lambda passes: reduce(torch.stack([self.observations[k] for k in keys], dim=-1), dim=-1)
             case P.PassValue(name=name):
-                return passes[name]
+                return lambda passes: passes[name]
+            case P.AdaptiveRef(estimator=est) if est in self.shared_estimators:
+                shared = self.shared_estimators[est]
+                return lambda passes: shared.tau
             case P.AdaptiveRef(estimator=est):
-                if est in self.shared_estimators:
-                    return self.shared_estimators[est].tau
-                if self.taus is None:
-                    self.taus = self._gather(table.quartiles.tau.view(len(table.local), -1))
-                return self.taus[table.local_index[est]]
-            case P.Arith() if id(node) in self.invariant:
-                return self.invariant[id(node)]
+                index = table.local_index[est]
+                return lambda passes: self._taus()[index]
             case P.Arith(op="neg", args=(arg,)):
-                return self._keep_if_invariant(node, -self._evaluate(arg, passes))
+                operand = self._compile(arg, reading)
+                return self._once_per_step(node, lambda passes: -operand(passes))
             case P.Arith(op=op, args=(a, b)):
-                x, y = self._evaluate(a, passes), self._evaluate(b, passes)
-                if op == "/" and not torch.is_tensor(y) and y == 0:
-                    return self._keep_if_invariant(node, x * float("inf"))
-                return self._keep_if_invariant(node, ARITH[op](x, y))
+                x, y, arith = self._compile(a, reading), self._compile(b, reading), ARITH[op]
+                return self._once_per_step(node, lambda passes: arith(x(passes), y(passes)))
             case P.Cmp(ops=ops, operands=operands):
-                values = [self._evaluate(o, passes) for o in operands]
-                # a comparison with a non-finite operand is false; each operand is checked once, in the
-                # cheapest way that is exact (see _finite_check)
-                checks = [self._finite_check(o, v, ops) for o, v in zip(operands, values)]
-                checks += [COMPARE[op](x, y) for op, x, y in zip(ops, values, values[1:])]
-                kept = [c for c in checks if c is not True]
-                return functools.reduce(operator.and_, kept) if kept else True
+                return self._compile_comparison(ops, operands, reading)
             case P.Logic(op="not", operands=(operand,)):
-                return ~self._mask(operand, passes)
+                holds = self._compile_mask(operand, reading)
+                return lambda passes: ~holds(passes)
             case P.Logic(op=op, operands=operands):
-                values = [self._mask(o, passes) for o in operands]
-                out = values[0]
-                for value in values[1:]:
-                    out = (out & value) if op == "and" else (out | value)
-                return out
+                parts, combine = [self._compile_mask(o, reading) for o in operands], \
+                    operator.and_ if op == "and" else operator.or_
+                return lambda passes: functools.reduce(combine, [part(passes) for part in parts])
             case P.StreakOf(slot=slot, condition=condition):
-                holds = self._mask(condition, passes)
-                if rows.phase == "decode":  # in place; a finished request's count no longer matters
-                    return table.streaks[slot, :rows.size].add_(1).mul_(holds).float()
-                current = self._gather(table.streaks[slot])
-                new = torch.where(rows.live_decode, torch.where(holds, current + 1, 0), current)
-                self._scatter(table.streaks[slot], new, None, rows)
-                return new.float()
-            case P.RateOf(slot=slot, condition=condition):  # over the earlier decode steps
-                holds = self._mask(condition, passes)
-                earlier = self._gather(table.rate_hits[slot])
-                before = max(self.steps - 1, 1) if isinstance(self.steps, int) else (self.steps - 1).clamp(min=1)
-                rate = (earlier / before).float()  # (read before `earlier`, a view, is added to)
-                if rows.phase == "decode":
-                    earlier.add_(holds)
-                else:
-                    self._scatter(table.rate_hits[slot], earlier + (holds & rows.live_decode), rows.live_decode, rows)
-                return rate
-            case P.ChanceOf(slot=slot, probability=p):
-                if self.draws is None:  # every chance slot's coins for this step at once
-                    self.draws = uniform_from_salts(self._gather(table.keys), self.chance_base, self._coin_offsets())
-                return self.draws[slot] < self._evaluate(p, passes)
+                holds = self._compile_mask(condition, reading)
+                return lambda passes: self._streak(slot, holds(passes))
+            case P.RateOf(slot=slot, condition=condition):
+                holds = self._compile_mask(condition, reading)
+                return lambda passes: self._rate(slot, holds(passes))
+            case P.ChanceOf(slot=slot, probability=probability):
+                p = self._compile(probability, reading)
+                return lambda passes: self._draws()[slot] < p(passes)
         raise TypeError(f"cannot evaluate {node!r}")
 
-    def _keep_if_invariant(self, node, value):
-        """`value` of `node`, kept for the rest of the step if the node is arithmetic on thresholds and
-        constants only (it cannot change within a step)."""
-        if id(node) in self.step_invariant:
-            self.invariant[id(node)] = value
-        return value
+    def _compile_mask(self, node, reading: int | None = None) -> Callable[[dict | None], torch.Tensor]:
+        """A condition as a function giving a bool tensor that broadcasts over the rows (the checker makes
+        every condition a true/false test; a constant one is made a tensor over the rows)."""
+        evaluate = self._compile(node, reading)
+
+        def mask(passes: dict | None) -> torch.Tensor:
+            value = evaluate(passes)
+            return value if torch.is_tensor(value) else torch.full_like(self.rows.valid, bool(value))
+        return mask
+
+    def _compile_comparison(self, ops: tuple[str, ...], operands: tuple, reading: int | None):
+        """A chained comparison; one with a non-finite operand is false. Each operand is checked once, in the
+        cheapest way that is exact (`_finite_check`), and not at all where that is decided here."""
+        values = [self._compile(o, reading) for o in operands]
+        checks = [self._finite_check(o, ops, reading) for o in operands]
+        compares = [COMPARE[op] for op in ops]
+
+        def compare(passes: dict | None):
+            x = [value(passes) for value in values]
+            kept = [c for c in (check(v) for check, v in zip(checks, x) if check is not None) if c is not True]
+            kept += [c for c in (cmp(a, b) for cmp, a, b in zip(compares, x, x[1:])) if c is not True]
+            return functools.reduce(operator.and_, kept) if kept else True
+        return compare
+
+    def _finite_check(self, node, ops: tuple[str, ...], reading: int | None):
+        """Where the value of `node`, an operand of a comparison with operators `ops`, is finite: None where
+        nothing needs checking, else a function of the value. A layer's norm is checked once per step, and
+        not at all at the read layer of the rule being decided (its decision keeps only finite rows);
+        thresholds, and arithmetic on them that cannot overflow, are finite or NaN, and NaN already fails
+        every comparison but !=; a Python number (a constant, or arithmetic on constants) is looked at."""
+        match node:
+            case P.Observe(observable="norm", layer=layer, vector=None):
+                return None if layer == reading else lambda value: self._finite(layer)
+        if "!=" not in ops and _bound(node) < FLOAT32_MAX:
+            return None
+        return lambda value: value.abs() < math.inf if torch.is_tensor(value) else math.isfinite(value)
+
+    def _once_per_step(self, node, evaluate):
+        """`evaluate`, or, for arithmetic on thresholds and constants only (fixed within a step), `evaluate`
+        computed once per step and then kept."""
+        if not _on_thresholds_only(node):
+            return evaluate
+        key = object()  # its entry in `self.invariant`
+
+        def once(passes: dict | None):
+            value = self.invariant.get(key)
+            if value is None:
+                value = self.invariant[key] = evaluate(passes)
+            return value
+        return once
+
+    def _taus(self) -> tuple[torch.Tensor, ...]:
+        """Every request-scoped threshold of every row, one [N] per estimator, gathered once per step."""
+        if self.taus is None:
+            self.taus = self._gather(self.table.quartiles.tau.view(len(self.table.local), -1)).unbind()
+        return self.taus
+
+    def _draws(self) -> torch.Tensor:
+        """Every chance slot's coin for every row on this step, [slots, N], drawn once per step."""
+        if self.draws is None:
+            self.draws = uniform_from_salts(self._gather(self.table.keys), self.chance_base, self._coin_offsets())
+        return self.draws
+
+    def _streak(self, slot: int, holds: torch.Tensor) -> torch.Tensor:
+        """The streak counter `slot` after this step: one more where `holds`, else 0."""
+        table, rows = self.table, self.rows
+        if rows.phase == "decode":  # in place; a finished request's count no longer matters
+            return table.streaks[slot, :rows.size].add_(1).mul_(holds).float()
+        current = self._gather(table.streaks[slot])
+        new = torch.where(rows.live_decode, torch.where(holds, current + 1, 0), current)
+        self._scatter(table.streaks[slot], new, None, rows)
+        return new.float()
+
+    def _rate(self, slot: int, holds: torch.Tensor) -> torch.Tensor:
+        """The share of earlier decode steps on which the condition of rate counter `slot` held; counts this
+        step's."""
+        table, rows = self.table, self.rows
+        earlier = self._gather(table.rate_hits[slot])
+        before = max(self.steps - 1, 1) if isinstance(self.steps, int) else (self.steps - 1).clamp(min=1)
+        rate = (earlier / before).float()  # (read before `earlier`, a view, is added to)
+        if rows.phase == "decode":
+            earlier.add_(holds)
+        else:
+            self._scatter(table.rate_hits[slot], earlier + (holds & rows.live_decode), rows.live_decode, rows)
+        return rate
 
     def _coin_offsets(self) -> torch.Tensor | int:
         """Each row's part of its coins' salt: its decode step, or -1 - p for the prompt row at position p,
@@ -413,27 +479,6 @@ class Executor:
         if self.seed is None:
             return steps * 7919 + self._gather(self.table.seeds) * 1_000_003
         return steps * 7919
-
-    def _finite_check(self, node, value, ops) -> torch.Tensor | bool:
-        """Where `value` (the operand `node` of a comparison with operators `ops`) is finite, as cheaply
-        as is exact: constants are finite (the checker refuses others); a layer's norm is checked once
-        per step, and not at all at the read layer of the rule being decided (its decision keeps only
-        finite rows); thresholds, and arithmetic on them that cannot overflow, are finite or NaN, and
-        NaN already fails every comparison but !=."""
-        if not torch.is_tensor(value):
-            return math.isfinite(value)
-        match node:
-            case P.Observe(observable="norm", layer=layer, vector=None) if ("norm", layer) in self.observations:
-                return True if layer == self.reading else self._finite(layer)
-        if "!=" not in ops and _bound(node) < FLOAT32_MAX:
-            return True
-        return value.abs() < math.inf
-
-    def _mask(self, node, passes: dict | None = None) -> torch.Tensor:
-        """A condition as a bool tensor that broadcasts over the rows (the checker makes every condition
-        a true/false test; a constant one is made a tensor over the rows)."""
-        value = self._evaluate(node, passes)
-        return value if torch.is_tensor(value) else torch.full_like(self.rows.valid, bool(value))
 
     # -- actions -------------------------------------------------------------------------------
     def _apply(self, action, hidden: torch.Tensor, first_pass: torch.Tensor, mask: torch.Tensor, layer: int):
@@ -499,9 +544,9 @@ class Executor:
             candidate = block.run(current, rows)
             values = _pass_values(candidate, current, base_norm)
             ok = rows & (values["norm"] < math.inf)
-            for mode, condition in action.stops:
+            for mode, condition in self.stops[id(action)]:
                 if mode == "while":
-                    ok = ok & self._mask(condition, values)
+                    ok = ok & condition(values)
             updated = current + action.damping * (candidate - current) if action.damping != 1 else candidate
             previous, current = current, torch.where(ok[:, None], updated, current)
             accepted = accepted | ok
@@ -509,9 +554,9 @@ class Executor:
             rows = ok
             if any(mode == "until" for mode, _ in action.stops):
                 values = _pass_values(current, previous, base_norm)
-                for mode, condition in action.stops:
+                for mode, condition in self.stops[id(action)]:
                     if mode == "until":
-                        rows = rows & ~self._mask(condition, values)
+                        rows = rows & ~condition(values)
             self.extra_layer_passes += layers
             if done + 1 < action.passes and self._idle(rows):
                 break

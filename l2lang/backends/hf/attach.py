@@ -165,17 +165,12 @@ class Run:
 
     def _layer_forward(self, index: int, forward):
         executor = self.executor
-
         wants_input, recorded = executor.wants_input(index), index in executor.block_layers
-        deferrable = index in executor.deferrable
 
-        def layer_forward(*args, **kwargs):
-            output = forward(*args, **kwargs)
+        def act(output, args, kwargs):
             if executor.rows is None:
                 return output
             hidden = output[0] if isinstance(output, tuple) else output
-            if deferrable and executor.defer(index, hidden):  # observed only: normed at the end of the step
-                return output
             if recorded:
                 self.layer_calls[index] = (args, kwargs)
             size = hidden.shape[-1]
@@ -186,7 +181,17 @@ class Run:
                 return output
             new = new.view(hidden.shape)
             return (new, *output[1:]) if isinstance(output, tuple) else new
-        return layer_forward
+
+        if index not in executor.deferrable:
+            return lambda *args, **kwargs: act(forward(*args, **kwargs), args, kwargs)
+
+        def observe_only(*args, **kwargs):  # the least work per layer: most layers are only observed
+            output = forward(*args, **kwargs)
+            if executor.deferring:  # a decode step: kept, and normed at the end of the step (`Executor.defer`)
+                executor.deferred.append((index, output[0] if isinstance(output, tuple) else output))
+                return output
+            return act(output, args, kwargs)
+        return observe_only
 
     # -- the engine's LayerBackend ---------------------------------------------------------------
     def block(self, first: int, last: int, kv: KVMode) -> _Block:
