@@ -90,34 +90,36 @@ def compare(text: str, tmp_path: Path, *, family: str = "llama", layers: int = 8
             new_tokens: int = NEW_TOKENS, seed: int = 0, params: dict[str, float] | None = None,
             vectors: dict[str, torch.Tensor] | None = None, files: dict[str, str] | None = None,
             tokenizer=None) -> Trace:
-    """Run `text` with l2lang and with the interpreter; assert they agree step by step; the trace."""
+    """Run `text` with l2lang and with the interpreter; assert they agree step by step; the trace. l2lang runs
+    twice: as on a CPU (work under an empty mask skipped) and as on a GPU (every action runs under its mask)."""
     m = model(family, layers)
     save_file({"v": vector()}, str(tmp_path / "v.safetensors"))
     for name, content in (files or {}).items():
         (tmp_path / name).write_text(content, encoding="utf-8")
     (tmp_path / "s.l2").write_text(text, encoding="utf-8")
     strategy = Strategy(load_program(tmp_path / "s.l2", {k: repr(v) for k, v in (params or {}).items()}))
-    with strategy.attach(m, tokenizer, seed=seed, observe_all=True) as run:
-        out = m.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                         max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-    records, _ = run.last_call()
-    plan = run.plan
     trace = interpret(m, parse(text), list(prompt), new_tokens, seed=seed, params=params, vectors=vectors,
                       directory=tmp_path, eos_token_ids=EOS)
     assert trace.margin > MARGIN, f"a comparison sits within {trace.margin:.1e} of its threshold: move it"
-    assert len(records) == len(trace.steps)
-    for record, step in zip(records, trace.steps):
-        where = f"{step.phase} step {step.number}"
-        assert sorted(record.layers) == list(range(layers)) and bool(record.rows.valid.all())
-        effects: list[set[tuple[int, int, int]]] = [set() for _ in step.positions]
-        for (rule, index), hits in record.effects.items():
-            for row in hits.nonzero().flatten().tolist():
-                effects[row].add((rule, index, plan.rules[rule].actions[index].layer))
-        assert effects == step.effects, f"{where}: effects (rule, action, layer) per position differ"
-        norms = torch.stack([record.norm(layer) for layer in range(layers)])
-        torch.testing.assert_close(norms, step.norms, rtol=1e-4, atol=0, msg=lambda m: f"{where}: {m}")
-    assert out[0, len(prompt):].tolist() == trace.tokens
-    assert {k: v for k, v in run.report().interventions.items() if v} == trace.counts
+    for gpu_policy in (False, True):
+        with strategy.attach(m, tokenizer, seed=seed, observe_all=True) as run:
+            run.executor.skip_idle = not gpu_policy
+            out = m.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        records, _ = run.last_call()
+        assert len(records) == len(trace.steps)
+        for record, step in zip(records, trace.steps):
+            where = f"{step.phase} step {step.number}" + (" (GPU policy)" if gpu_policy else "")
+            assert sorted(record.layers) == list(range(layers)) and bool(record.rows.valid.all())
+            effects: list[set[tuple[int, int, int]]] = [set() for _ in step.positions]
+            for (rule, index), hits in record.effects.items():
+                for row in hits.nonzero().flatten().tolist():
+                    effects[row].add((rule, index, run.plan.rules[rule].actions[index].layer))
+            assert effects == step.effects, f"{where}: effects (rule, action, layer) per position differ"
+            norms = torch.stack([record.norm(layer) for layer in range(layers)])
+            torch.testing.assert_close(norms, step.norms, rtol=1e-4, atol=0, msg=lambda m: f"{where}: {m}")
+        assert out[0, len(prompt):].tolist() == trace.tokens
+        assert {k: v for k, v in run.report().interventions.items() if v} == trace.counts
     return trace
 
 

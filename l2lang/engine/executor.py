@@ -245,6 +245,8 @@ class Executor:
                 continue
             if action.delay or rule.read_layer != index:  # (a decision already excludes non-finite rows)
                 mask = mask & finite
+            if self._idle(mask):  # (on a CPU) no row: nothing to apply, count or time
+                continue
             before_action = hidden
             hidden, effect = self._apply(action, hidden, first_pass, mask, index)
             if (rule_id, action_index) in self.checked:  # an action that could overflow the state
@@ -317,6 +319,10 @@ class Executor:
         return mask
 
     def _action_mask(self, rule: P.RulePlan, action) -> torch.Tensor | None:
+        """The rows `action` of `rule` acts on in this step; None when none can (the step's phase is not the
+        rule's, or a deferred action in a prefill step), known without reading a mask."""
+        if _phase_mask(rule.phase, self.rows) is False:
+            return None
         if action.delay:
             if self.rows.phase == "prefill":
                 return None
@@ -365,6 +371,8 @@ class Executor:
             case P.Logic(op="not", operands=(operand,)):
                 holds = self._compile_mask(operand, reading)
                 return lambda passes: ~holds(passes)
+            case P.Logic(op="and", operands=operands) if self.skip_idle:
+                return self._compile_conjunction(operands, reading)
             case P.Logic(op=op, operands=operands):
                 parts, combine = [self._compile_mask(o, reading) for o in operands], \
                     operator.and_ if op == "and" else operator.or_
@@ -389,6 +397,19 @@ class Executor:
             value = evaluate(passes)
             return value if torch.is_tensor(value) else torch.full_like(self.rows.valid, bool(value))
         return mask
+
+    def _compile_conjunction(self, operands: tuple, reading: int | None):
+        """`a and b and ...` on a CPU, where reading a mask is free: once no row is left, the operands that
+        keep no counters (`streak`, `rate`) are not evaluated; those that do always are."""
+        parts = [(self._compile_mask(o, reading), not _keeps_counters(o)) for o in operands]
+
+        def conjunction(passes: dict | None) -> torch.Tensor:
+            out = parts[0][0](passes)
+            for part, skippable in parts[1:]:
+                if not (skippable and self._idle(out)):
+                    out = out & part(passes)
+            return out
+        return conjunction
 
     def _compile_comparison(self, ops: tuple[str, ...], operands: tuple, reading: int | None):
         """A chained comparison; one with a non-finite operand is false. Each operand is checked once, in the
@@ -491,8 +512,6 @@ class Executor:
                 new = hidden + c * vector if mode == "add" else (1 - c) * hidden + c * vector
                 return torch.where(mask[:, None], new, hidden), mask
             case P.SteerPlan(bank=bank, coefficient=c, mode=mode, min_cos=min_cos):
-                if self._idle(mask):
-                    return hidden, mask
                 chosen, cos = table.banks[(bank, layer)].nearest(self._slots(), hidden)
                 effect = mask & (cos >= min_cos)
                 chosen = chosen.to(hidden.dtype)
@@ -506,8 +525,6 @@ class Executor:
                 scaled = hidden * (n / norm.clamp(min=1e-12)).to(hidden.dtype)
                 return torch.where(effect[:, None], scaled, hidden), effect
             case P.StorePlan(bank=bank):
-                if self._idle(mask):
-                    return hidden, mask
                 if rows.phase == "decode":
                     table.banks[(bank, layer)].offer(self._slots(), first_pass, self.observations[("norm", layer)],
                                                      mask)
@@ -531,8 +548,6 @@ class Executor:
 
     def _recurse(self, action: P.RecursePlan, hidden: torch.Tensor, mask: torch.Tensor):
         rows = mask
-        if self._idle(rows):
-            return hidden, mask  # (no row)
         accepted = torch.zeros_like(rows)
         block = self.backend.block(action.first, action.layer, action.kv)
         base_norm = l2(hidden)
@@ -695,6 +710,11 @@ def _pass_values(state: torch.Tensor, previous: torch.Tensor, base_norm: torch.T
 def l2(hidden: torch.Tensor) -> torch.Tensor:
     """The ℓ2 norm over the hidden dimension, computed in float32 whatever the model's dtype."""
     return torch.linalg.vector_norm(hidden, dim=-1, dtype=torch.float32)
+
+
+def _keeps_counters(node) -> bool:
+    """Whether evaluating `node` updates per-request counters (`streak`, `rate`)."""
+    return any(isinstance(item, (P.StreakOf, P.RateOf)) for item in P.walk(node))
 
 
 def _streak_slots(node) -> list[int]:
