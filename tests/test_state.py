@@ -145,3 +145,35 @@ def test_request_table_reuses_freed_slots_with_fresh_state_and_keeps_state_when_
     assert again.tolist() == [1] and uids == [5]
     assert table.streaks[0, 1] == 0 and table.decode_steps[1] == 0 and table.keys[1] == 16
     assert table.snapshot[:5] == (0, 5, 2, 3, 4)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.integers(0, 4), st.booleans(), VALUES), min_size=1, max_size=6), min_size=1,
+                max_size=12),
+       st.booleans())
+@example([[(0, True, 1.0), (0, False, 2.0), (2, True, float("nan")), (4, False, 3.0)]] * 8, False)
+def test_feeding_estimators_on_the_host_equals_feeding_them_as_tensors(steps, decode: bool) -> None:
+    """`RequestTable.feed` on a CPU (the live rows' streams found on the host) and as a GPU runs it (tensors
+    written per slot under a mask, through the scratch slot) leave the same estimators, bit for bit, for
+    decode steps (row i is slot i) and mixed steps (any slots, non-live rows sharing one)."""
+    from l2lang import compile_plan, load_program
+    from l2lang.engine.state import RequestTable
+
+    plan = compile_plan(load_program("alrr", {"warmup": "5"}), 8, 8)
+    host, device = (RequestTable(plan, capacity=5, hidden=8, dtype=torch.float32, device=CPU) for _ in range(2))
+    device.quartiles.mode = "torch"
+    estimators = len(host.local)
+    for step in steps:
+        if decode:
+            step = [(i, live, value) for i, (_, live, value) in enumerate(step)]
+        claimed: set[int] = set()  # at most one live row per slot
+        rows = [(slot, live and slot not in claimed and not claimed.add(slot), value) for slot, live, value in step]
+        slots = torch.tensor([slot for slot, _, _ in rows])
+        live = torch.tensor([live for _, live, _ in rows])
+        values = torch.tensor([[value * (e + 1) for _, _, value in rows] for e in range(estimators)],
+                              dtype=torch.float32)
+        for table in (host, device):
+            table.feed(values, live, None if decode else slots)
+        for name in ("count", "heights", "positions", "desired", "tau"):
+            assert torch.equal(getattr(host.quartiles, name).nan_to_num(-7.0),
+                               getattr(device.quartiles, name).nan_to_num(-7.0)), name

@@ -80,6 +80,27 @@ def test_greedy_tokens_counts_and_norms_equal_the_hf_backend(engines, name, targ
         assert ours.report.total() > 0, "the comparison needs a strategy that acts"
 
 
+@pytest.mark.parametrize("name", ["every-construct", "card-fires"])
+def test_the_gpu_policy_gives_what_the_cpu_policy_gives(engines, name, monkeypatch, tmp_path) -> None:
+    """On a GPU the executor reads no mask during a step: every action runs under its mask, over all the
+    rows of chunked prefills and decodes alike. Run that way here (on vLLM, and on HF), a strategy that
+    uses every construct, and the card's recursion with a refreshed KV cache, give the CPU's tokens, counts
+    and norms."""
+    from l2lang.engine.executor import Executor
+
+    vllm, hf = engines
+    case = next(c for c in DETERMINISTIC if c[0] == name)
+    s = strategy(*case, tmp_path)
+    cpu = hf.generate(s, PROMPTS, max_new_tokens=16, chat=False, seed=7)
+    monkeypatch.setattr(Executor, "_idle", lambda self, mask: False)
+    for backend in (vllm, hf):
+        gpu = backend.generate(s, PROMPTS, max_new_tokens=16, chat=False, seed=7)
+        assert [o["token_ids"] for o in gpu.outputs] == [o["token_ids"] for o in cpu.outputs]
+        assert gpu.report.interventions == cpu.report.interventions and cpu.report.total() > 0
+        for mine, other in zip(gpu.rows, cpu.rows, strict=True):
+            torch.testing.assert_close(mine.norms, other.norms, rtol=1e-4, atol=1e-6)
+
+
 def test_a_request_that_intervenes_leaves_the_others_as_they_are_alone(engines, tmp_path) -> None:
     """Two strategies in one engine call: requests running `baseline` are not touched by a neighbour
     that recurses with a refreshed KV cache (in the same steps, on rows vLLM reuses)."""

@@ -164,18 +164,9 @@ class Executor:
 
     def _feed_estimators(self, live: torch.Tensor) -> None:
         table = self.table
-        if table.local:  # every request-scoped estimator in one vectorised update
+        if table.local:  # every request-scoped estimator in one update
             values = torch.stack([self.observables[e.id](None) for e in table.local])
-            per_slot = values.new_zeros(len(table.local), table.capacity + 1)
-            mask = torch.zeros_like(per_slot, dtype=torch.bool)
-            if self.rows.phase == "decode":  # rows are the first slots
-                per_slot[:, :self.rows.size] = values
-                mask[:, :self.rows.size] = live
-            else:
-                for target, source in ((per_slot, values), (mask, live.expand_as(values))):
-                    self._scatter(target, source, live, self.rows)
-                mask[:, table.scratch] = False
-            table.quartiles.add(per_slot.flatten(), mask.flatten())
+            table.feed(values, live, None if self.rows.phase == "decode" else self.rows.slots)
         for est in self.plan.estimators:
             threshold = self.plan.thresholds[est.threshold]
             if threshold.scope != "shared":
@@ -599,13 +590,17 @@ FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def _bound(node) -> float:
-    """A bound on |value| of an expression over thresholds and constants, whatever the rows (an adaptive
-    threshold is NaN beyond `state.TAU_BOUND`); infinite for anything else."""
+    """A bound on |value| of an expression over thresholds, counters and constants, whatever the rows (an
+    adaptive threshold is NaN beyond `state.TAU_BOUND`); infinite for anything else."""
     match node:
         case P.Const(value=value):
             return abs(value)
         case P.AdaptiveRef():
             return TAU_BOUND
+        case P.StreakOf():  # a count of decode steps
+            return float(2**63)
+        case P.RateOf():
+            return 1.0
         case P.Arith(op="neg", args=(arg,)):
             return _bound(arg)
         case P.Arith(op="+" | "-", args=(a, b)):

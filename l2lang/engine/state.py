@@ -154,7 +154,8 @@ class Quartiles:
     def add(self, value: torch.Tensor, mask: torch.Tensor) -> None:
         """Absorb `value[i]` into stream i where `mask[i]` (and the value is finite)."""
         if self.mode == "numpy":
-            self._add_numpy(value.numpy().astype(numpy.float64), mask.numpy())
+            streams = numpy.flatnonzero(mask.numpy())
+            self.add_at(streams, value.numpy()[streams])
             return
         args = (self.count, self.heights, self.positions, self.desired, value.to(torch.float64), mask, self.k,
                 self.iqr_floor, self.warmup, self.markers, self.increments)
@@ -168,21 +169,23 @@ class Quartiles:
                 self.mode = "torch"
         self.count, self.heights, self.positions, self.desired, self.tau = _p2_step_torch(*args)
 
-    def _add_numpy(self, x: numpy.ndarray, mask: numpy.ndarray) -> None:
-        """`add` on numpy views, in place: a few streams one by one in Python floats (`p2_scalar_step`),
-        many at once (`p2_step`); the two give the same bits."""
+    def add_at(self, streams: numpy.ndarray, values: numpy.ndarray) -> None:
+        """On a CPU, `add` for the distinct `streams` (indices), absorbing `values[j]` into stream `streams[j]`
+        (unless it is not finite), in place on numpy views: a few streams one by one in Python floats
+        (`p2_scalar_step`), many at once (`p2_step`); the two give the same bits."""
         count, heights, positions, desired, k, iqr_floor, warmup, *rest = self.arrays
         tau = self.tau.numpy()  # (float64 to float32 as `Tensor.float` rounds)
-        streams = numpy.flatnonzero(mask)
         if len(streams) > self.SCALAR_STREAMS:
+            mask, x = numpy.zeros(len(count), dtype=bool), numpy.zeros(len(count))
+            mask[streams], x[streams] = True, values
             new = p2_step(numpy, count, heights, positions, desired, x, mask, k, iqr_floor, warmup, *rest)
             for old, updated in zip((count, heights, positions, desired, tau), new):
                 old[...] = updated
             return
-        values = x[streams].tolist()
-        finite = [i for i, value in enumerate(values) if abs(value) < math.inf]
+        values = values.tolist()
+        finite = [j for j, value in enumerate(values) if abs(value) < math.inf]
         if len(finite) < len(values):
-            streams, values = streams[finite], [values[i] for i in finite]
+            streams, values = streams[finite], [values[j] for j in finite]
         if not values:
             return
         index, markers = streams.tolist(), self.markers_array[streams].tolist()
@@ -411,11 +414,30 @@ class RequestTable:
                 bank.clock = self.banks[key].clock
         self.__dict__.update(fields)
         self.quartiles, self.banks, self.capacity = quartiles, banks, capacity
+        self.stream_starts = numpy.arange(len(self.local)) * size  # estimator e's streams: e * size + slot
         self.arange = torch.arange(size, device=device)
 
     @property
     def scratch(self) -> int:
         return self.capacity
+
+    def feed(self, values: torch.Tensor, live: torch.Tensor, slots: torch.Tensor | None) -> None:
+        """Each request-scoped estimator e absorbs `values[e, i]` into the stream of row i's slot (`slots[i]`;
+        None: row i's slot is i), for the rows in `live` (at most one per slot)."""
+        quartiles, size = self.quartiles, self.capacity + 1
+        if quartiles.mode == "numpy":  # (a CPU) the live rows' streams, found on the host
+            rows = numpy.flatnonzero(live.numpy())
+            streams = self.stream_starts[:, None] + (rows if slots is None else slots.numpy()[rows])
+            quartiles.add_at(streams.ravel(), values.numpy()[:, rows].ravel())
+            return
+        per_slot = values.new_zeros(len(self.local), size)
+        mask = torch.zeros_like(per_slot, dtype=torch.bool)
+        if slots is None:
+            per_slot[:, :values.shape[1]], mask[:, :values.shape[1]] = values, live
+        else:  # rows outside `live` write the scratch slot, and write it as not to be absorbed
+            target = torch.where(live, slots, self.scratch)
+            per_slot[:, target], mask[:, target] = values, live.expand_as(values)
+        quartiles.add(per_slot.flatten(), mask.flatten())
 
     def start(self, keys: torch.Tensor, seeds: torch.Tensor | None = None) -> tuple[torch.Tensor, list[int]]:
         """Slots (and new uids) for requests with these keys (and, where requests bring their own, seeds);
