@@ -11,11 +11,13 @@ A backend calls it at the boundaries of every step and after every hooked decode
 After a layer it computes the observations, evaluates the rules read there and applies the actions
 scheduled there, as masked tensor operations over all rows at once: no loop over rows or requests.
 Per-request state lives in the slots of a `RequestTable`. What makes a step cheap
-(docs/performance.md): layers that are only observed keep their output until the end of a decode
-step, when all their norms are taken in one operation; lockstep backends keep the decode step as a
-number; the coins of all `chance` slots are drawn together; the finiteness of a layer's norm is
-checked once. On a CPU an action whose mask is empty is skipped (one cheap read of the mask); on a
-GPU nothing is read back during a step: every action runs under its mask.
+(docs/performance.md): the plan's expressions are compiled into Python functions once, so a step
+walks no plan; layers that are only observed keep their output until the end of a decode step, when
+all their norms are taken in one operation; lockstep backends keep the decode step as a number; the
+coins of all `chance` slots are drawn together; the finiteness of a layer's norm is checked once.
+On a CPU, where reading a mask costs nothing, an action whose mask is empty is skipped, and so are
+the operands of an `and` that keep no counters once no row is left; on a GPU nothing is read back
+during a step: every action runs under its mask, every operand is evaluated (the same results).
 """
 
 from __future__ import annotations

@@ -430,11 +430,13 @@ class RequestTable:
             streams = self.stream_starts[:, None] + (rows if slots is None else slots.numpy()[rows])
             quartiles.add_at(streams.ravel(), values.numpy()[:, rows].ravel())
             return
-        per_slot = values.new_zeros(len(self.local), size)
-        mask = torch.zeros_like(per_slot, dtype=torch.bool)
-        if slots is None:
-            per_slot[:, :values.shape[1]], mask[:, :values.shape[1]] = values, live
+        if slots is None:  # (padded with torch's own operator: `F.pad` costs more in Python than it does)
+            pad = (0, size - values.shape[1])
+            per_slot = torch.constant_pad_nd(values, pad)
+            mask = torch.constant_pad_nd(live, pad).expand_as(per_slot)
         else:  # rows outside `live` write the scratch slot, and write it as not to be absorbed
+            per_slot = values.new_zeros(len(self.local), size)
+            mask = torch.zeros_like(per_slot, dtype=torch.bool)
             target = torch.where(live, slots, self.scratch)
             per_slot[:, target], mask[:, target] = values, live.expand_as(values)
         quartiles.add(per_slot.flatten(), mask.flatten())
