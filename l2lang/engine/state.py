@@ -113,16 +113,18 @@ class Quartiles:
 
     One `add` is one P² step for every stream (`p2_step`), and recomputes `tau`. How it runs depends on
     the device (`p2_mode`): on a GPU as one compiled function (`torch.compile`: a few kernel launches
-    instead of about a hundred); on a CPU over numpy views of the same memory (a numpy operation on a
-    few numbers costs a fraction of a torch one), updating the fields in place. Numpy and plain torch
-    operations give the same bits; a compiler may fuse a multiply and an add, and so round differently
-    in the last bit.
+    instead of about a hundred); on a CPU over numpy views of the same memory, updating the fields in
+    place: the streams that take a value one by one in Python floats when they are few (`add_at`,
+    `p2_scalar_step`), else all at once in numpy (a numpy operation on a few numbers costs a fraction of
+    a torch one). Python floats, numpy and plain torch operations give the same bits; a compiler may
+    fuse a multiply and an add, and so round differently in the last bit.
     """
 
     PROBS = (0.0, 0.25, 0.5, 0.75, 1.0)
-    # Up to this many streams to update, a CPU steps them one by one in Python floats: a few µs each,
-    # against about 300 µs for the hundred numpy operations of a vectorised step (during generation).
-    SCALAR_STREAMS = 16
+    # Up to this many streams to update, a CPU steps them one by one in Python floats. During generation on
+    # tiny28 (docs/performance.md): 6 streams 0.14 ms one by one, 0.34 ms vectorised (a hundred numpy
+    # operations, whatever the count); 48 streams 0.26 and 0.27 ms.
+    SCALAR_STREAMS = 32
 
     def __init__(self, streams: int, device: torch.device, k: torch.Tensor | float = 1.5,
                  iqr_floor: torch.Tensor | float = 1e-3, warmup: torch.Tensor | float = 5, mode: str | None = None):
