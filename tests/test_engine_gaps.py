@@ -133,3 +133,11 @@ def test_a_threshold_is_read_at_the_layer_of_the_observable_inside_arithmetic(tm
     table = "threshold tau = table {5: 1e9, 6: 0}\n"
     assert steps_acted(run(table + 'if 2 * norm[5] > tau mark "m" at 6\n', tmp_path)) == []
     assert steps_acted(run(table + 'if 2 * norm[6] > tau mark "m" at 6\n', tmp_path)) == EVERY_STEP
+
+
+@pytest.mark.parametrize("condition,steps", [
+    ("rate(norm[6] > 1e30) < 0.5", EVERY_STEP),           # 0 on the first decode step (not 0/0), then 0/n
+    ("rate(norm[6] > 0) > 0.9", list(range(2, 11))),      # 1/1 from step 2: the divisor is the earlier steps
+])
+def test_rate_is_a_share_of_the_earlier_decode_steps(condition: str, steps: list[int], tmp_path) -> None:
+    assert steps_acted(run(f'if {condition} mark "m" at 6\n', tmp_path)) == steps

@@ -101,6 +101,20 @@ def test_the_gpu_policy_gives_what_the_cpu_policy_gives(engines, name, monkeypat
             torch.testing.assert_close(mine.norms, other.norms, rtol=1e-4, atol=1e-6)
 
 
+def test_rate_counts_the_earlier_decode_steps_of_each_request_as_on_hf(engines, tmp_path) -> None:
+    """vLLM keeps each request's decode step as a tensor, HF as one number: `rate` divides by the earlier
+    steps either way (1/1 on step 2, so the rule acts from step 2 on, on every request)."""
+    vllm, hf = engines
+    path = tmp_path / "rate.l2"
+    path.write_text('if rate(norm[3] > 0) > 0.9 mark "m" at 3\n', encoding="utf-8")
+    s = l2lang.load(str(path))
+    ours = vllm.generate(s, PROMPTS, max_new_tokens=8, chat=False)
+    theirs = hf.generate(s, PROMPTS, max_new_tokens=8, chat=False)
+    assert [[e["step"] for e in r["interventions"]] for r in ours.report.requests] == \
+        [[e["step"] for e in r["interventions"]] for r in theirs.report.requests]
+    assert [e["step"] for e in ours.report.requests[0]["interventions"]][:2] == [2, 3]
+
+
 def test_a_request_that_intervenes_leaves_the_others_as_they_are_alone(engines, tmp_path) -> None:
     """Two strategies in one engine call: requests running `baseline` are not touched by a neighbour
     that recurses with a refreshed KV cache (in the same steps, on rows vLLM reuses)."""
