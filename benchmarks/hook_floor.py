@@ -18,7 +18,6 @@ import statistics
 import time
 
 import torch
-
 from throughput import PROMPT, load
 
 
