@@ -1,5 +1,7 @@
 """The CPU policy (work under an empty mask skipped, `and` stopping once no row is left) and the GPU policy
-(no mask read during a step) give the same states, effects and counts, for any plan the checker accepts.
+(no mask read during a step) give the same states, effects and non-finite counts, for any plan the checker
+accepts. (The report's total of layer passes run is not among them: under the GPU policy a recursion
+whose mask is empty still runs, and its passes count; each request's own passes agree.)
 
 Plans come from the checker's fuzzer (`tests/fuzzer.py`: mutated shipped strategies, examples and error
 cases); the executor runs a prefill and eight decode steps of two requests on random states, some NaN or
@@ -43,17 +45,19 @@ class Backend:
         return Block()
 
 
-# counters behind an operand that is often false: a CPU must still count on every step
-COUNTERS = (b'if chance(0.5) and streak(norm[3] > 0) >= 3 mark "a" at 3\n'
-            b'if norm[5] > 3 and rate(norm[5] > 4) > 0.3 and chance(0.7) cooldown 1 mark "b" at 5\n')
+# side effects behind an operand that is often false, which a CPU must still have on every step: counters,
+# and the finiteness check (and so the count) of another layer's state
+SIDE_EFFECTS = (b'if chance(0.5) and streak(norm[3] > 0) >= 3 mark "a" at 3\n'
+                b'if norm[5] > 3 and rate(norm[5] > 4) > 0.3 and chance(0.7) cooldown 1 mark "b" at 5\n'
+                b'if norm[6] > 1e9 and norm[2] > 0 mark "c" at 6\n')
 
 
 def accepted_plans(count: int, seed: int) -> list:
-    """The plan of `COUNTERS`, then `count` plans of accepted fuzzer inputs."""
+    """The plan of `SIDE_EFFECTS`, then `count` plans of accepted fuzzer inputs."""
     rng, corpus, plans = random.Random(seed), fuzzer.seeds(), []
     count += 1
     while len(plans) < count:
-        data = fuzzer.mutant(rng, corpus) if plans else COUNTERS
+        data = fuzzer.mutant(rng, corpus) if plans else SIDE_EFFECTS
         try:
             source = decode_source(data, fuzzer.PATH)
             plans.append(compile_plan(compose(parse(source, fuzzer.PATH), fuzzer.PATH, source, {}), 28, HIDDEN))

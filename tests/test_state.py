@@ -27,15 +27,17 @@ def test_p2_quartiles_track_the_sample_quartiles(seed: int, scale: float, shift:
     assert estimator.count.tolist() == [900, 300]
 
 
-VALUES = st.one_of(st.floats(-1e6, 1e6), st.sampled_from([0.0, 1.0, 2.0, float("inf"), float("nan")]))
+VALUES = st.one_of(st.floats(-1e6, 1e6), st.sampled_from([0.0, -0.0, 1.0, 2.0, float("inf"), float("nan")]))
 
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.lists(st.tuples(VALUES, st.booleans()), min_size=4, max_size=4), min_size=1, max_size=40),
-       st.sampled_from([0.0, 1.5, 3.0]), st.sampled_from([0.0, 1e-3, 0.5]), st.sampled_from([5, 6, 20]))
+       st.sampled_from([0.0, 1.5, 3.0]), st.sampled_from([0.0, -0.0, 1e-3, 0.5]), st.sampled_from([5, 6, 20]))
 @example([[(float(t % 7), True), (-float(t), t % 2 == 0), (float("nan"), True), (1e300, True)] for t in range(30)],
          1.5, 1e-3, 5)
 @example([[(0.0, True), (-0.0, True), (1.0, True), (-1.0, True)] for _ in range(12)], 1.5, 0.0, 5)
+@example([[(v, True), (-v, True), (v, t % 2 == 0), (-0.0, True)] for t, v in enumerate([0.0, -0.0, 0.0, -0.0, 0.0, 1.0, -0.0])],
+         1.5, -0.0, 5)
 def test_every_way_of_running_p2_gives_the_same_bits(steps, k, floor, warmup) -> None:
     """The P² step one stream at a time in Python floats and vectorised on numpy views (a CPU's, for few
     and for many streams) and as torch operations (a GPU's, uncompiled) agree bit for bit after every

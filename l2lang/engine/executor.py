@@ -41,7 +41,7 @@ COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator
 
 
 def _divide(x, y):
-    """x / y, where dividing by the number 0 gives x·inf (as a tensor divided by 0 does), not an error."""
+    """x / y, where dividing by the number 0 gives x·inf instead of an error."""
     return x * math.inf if not torch.is_tensor(y) and y == 0 else x / y
 
 
@@ -364,12 +364,11 @@ class Executor:
             case P.Logic(op="not", operands=(operand,)):
                 holds = self._compile_mask(operand, reading)
                 return lambda passes: ~holds(passes)
-            case P.Logic(op="and", operands=operands) if self.skip_idle:
+            case P.Logic(op="and", operands=operands):
                 return self._compile_conjunction(operands, reading)
-            case P.Logic(op=op, operands=operands):
-                parts, combine = [self._compile_mask(o, reading) for o in operands], \
-                    operator.and_ if op == "and" else operator.or_
-                return lambda passes: functools.reduce(combine, [part(passes) for part in parts])
+            case P.Logic(op="or", operands=operands):
+                parts = [self._compile_mask(o, reading) for o in operands]
+                return lambda passes: functools.reduce(operator.or_, [part(passes) for part in parts])
             case P.StreakOf(slot=slot, condition=condition):
                 holds = self._compile_mask(condition, reading)
                 return lambda passes: self._streak(slot, holds(passes))
@@ -392,9 +391,10 @@ class Executor:
         return mask
 
     def _compile_conjunction(self, operands: tuple, reading: int | None):
-        """`a and b and ...` on a CPU, where reading a mask is free: once no row is left, the operands that
-        keep no counters (`streak`, `rate`) are not evaluated; those that do always are."""
-        parts = [(self._compile_mask(o, reading), not _keeps_counters(o)) for o in operands]
+        """`a and b and ...`. On a CPU, where reading a mask is free, once no row is left the operands without
+        side effects are not evaluated; those with (`_has_side_effects`) always are. On a GPU every operand
+        is."""
+        parts = [(self._compile_mask(o, reading), not _has_side_effects(o, reading)) for o in operands]
 
         def conjunction(passes: dict | None) -> torch.Tensor:
             out = parts[0][0](passes)
@@ -423,7 +423,8 @@ class Executor:
         nothing needs checking, else a function of the value. A layer's norm is checked once per step, and
         not at all at the read layer of the rule being decided (its decision keeps only finite rows);
         thresholds, and arithmetic on them that cannot overflow, are finite or NaN, and NaN already fails
-        every comparison but !=; a Python number (a constant, or arithmetic on constants) is looked at."""
+        every comparison but !=; any other value is checked as it comes (a tensor against inf, a Python
+        number with `math.isfinite`)."""
         match node:
             case P.Observe(observable="norm", layer=layer, vector=None):
                 return None if layer == reading else lambda value: self._finite(layer)
@@ -709,9 +710,13 @@ def l2(hidden: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(hidden, dim=-1, dtype=torch.float32)
 
 
-def _keeps_counters(node) -> bool:
-    """Whether evaluating `node` updates per-request counters (`streak`, `rate`)."""
-    return any(isinstance(item, (P.StreakOf, P.RateOf)) for item in P.walk(node))
+def _has_side_effects(node, reading: int | None) -> bool:
+    """Whether evaluating `node` (in a condition read at layer `reading`) changes state: per-request counters
+    (`streak`, `rate`), or the layers whose finiteness the step checks, and so counts (a layer's norm
+    compared other than at the read layer)."""
+    return any(isinstance(item, (P.StreakOf, P.RateOf))
+               or (isinstance(item, P.Observe) and item.observable == "norm" and item.layer != reading)
+               for item in P.walk(node))
 
 
 def _streak_slots(node) -> list[int]:

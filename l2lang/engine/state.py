@@ -134,7 +134,7 @@ class Quartiles:
         self.heights, self.positions, self.desired = self.markers_state.unbind(1)
         self.heights.zero_()
         self.k, self.iqr_floor, self.warmup = (torch.as_tensor(v, dtype=torch.float64, device=device).expand(streams)
-                                               for v in (k, iqr_floor, warmup))
+                                               for v in (k, iqr_floor + 0.0, warmup))  # (+ 0.0: no -0.0)
         self.tau = torch.full((streams,), float("nan"), device=device)
         self.markers = torch.arange(5, device=device)
         self.increments = torch.tensor(self.PROBS, dtype=torch.float64, device=device)
@@ -201,6 +201,7 @@ def p2_scalar_step(count: int, markers: list[list[float]], x: float, k: float, i
     same order, hence the same bits. `markers`: [heights, positions, desired], updated in place. Returns
     (count, markers, tau)."""
     q, n, desired = markers  # heights, positions, desired positions
+    x = x + 0.0
     if count < 5:  # the first five values, sorted once five
         q[count] = x
         if count == 4:
@@ -235,10 +236,11 @@ def p2_step(xp, count, heights, positions, desired, x, mask, k, iqr_floor, warmu
     `numpy`: the step uses only what both spell alike. `x`: float64 values; `markers`: 0..4;
     `increments`: `Quartiles.PROBS`. Returns (count, heights, positions, desired, tau).
 
-    Markers are handled as lists of columns rather than indexed in place.
+    Markers are handled as lists of columns rather than indexed in place. A value -0.0 is absorbed as 0.0
+    (so that no marker holds -0.0: numpy and torch sort ±0, and take the larger of them, differently).
     """
     mask = mask & (abs(x) < math.inf)
-    x = xp.where(mask, x, 0.0)
+    x = xp.where(mask, x, 0.0) + 0.0  # (-0.0 + 0.0 is 0.0)
     filling = mask & (count < 5)
     heights = xp.where(filling[:, None] & (markers == count[:, None]), x[:, None], heights)  # the first five
     full = filling & (count == 4)
