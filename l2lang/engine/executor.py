@@ -16,7 +16,7 @@ walks no plan; layers that are only observed keep their output until the end of 
 all their norms are taken in one operation; lockstep backends keep the decode step as a number; the
 coins of all `chance` slots are drawn together; the finiteness of a layer's norm is checked once.
 On a CPU, where reading a mask costs nothing, an action whose mask is empty is skipped, and so are
-the operands of an `and` that keep no counters once no row is left; on a GPU nothing is read back
+the operands of an `and` without side effects once no row is left; on a GPU nothing is read back
 during a step: every action runs under its mask, every operand is evaluated (the same results).
 """
 
@@ -228,7 +228,9 @@ class Executor:
         rows = self.rows
         finite = self._finite(index)
         for rule_id in work.evaluate:
-            self.decisions[rule_id] = self._decide(self.rules[rule_id])
+            decision = self._decide(self.rules[rule_id])
+            if decision is not None:
+                self.decisions[rule_id] = decision
         first_pass = hidden
         for rule_id, action_index in work.act:
             rule = self.rules[rule_id]
@@ -298,12 +300,13 @@ class Executor:
                 vector = self.vectors[kind[1]].float()
                 self.observations[("cos", index, kind[1])] = torch.cosine_similarity(h, vector.expand_as(h), dim=-1)
 
-    def _decide(self, rule: P.RulePlan) -> torch.Tensor:
-        """Where the rule holds on this step: bool [N] (valid rows whose state at the read layer is finite)."""
+    def _decide(self, rule: P.RulePlan) -> torch.Tensor | None:
+        """Where the rule holds on this step: bool [N] (valid rows whose state at the read layer is finite);
+        None when the step's phase is not the rule's (no row can act: known without reading a mask)."""
         rows = self.rows
         phase = _phase_mask(rule.phase, rows)
         if phase is False:
-            return torch.zeros_like(rows.valid)
+            return None
         mask = self._usable(rule.read_layer) & self.conditions[rule.id](None)  # (see `_finite_check`)
         if phase is not True:
             mask = mask & phase
@@ -312,10 +315,8 @@ class Executor:
         return mask
 
     def _action_mask(self, rule: P.RulePlan, action) -> torch.Tensor | None:
-        """The rows `action` of `rule` acts on in this step; None when none can (the step's phase is not the
-        rule's, or a deferred action in a prefill step), known without reading a mask."""
-        if _phase_mask(rule.phase, self.rows) is False:
-            return None
+        """The rows `action` of `rule` acts on in this step; None when none can (no decision this step, or a
+        deferred action in a prefill step), known without reading a mask."""
         if action.delay:
             if self.rows.phase == "prefill":
                 return None

@@ -187,8 +187,7 @@ class Run:
 
         def observe_only(*args, **kwargs):  # the least work per layer: most layers are only observed
             output = forward(*args, **kwargs)
-            if executor.deferring:  # a decode step: kept, and normed at the end of the step (`Executor.defer`)
-                executor.deferred.append((index, output[0] if isinstance(output, tuple) else output))
+            if executor.defer(index, output[0] if isinstance(output, tuple) else output):  # (a decode step)
                 return output
             return act(output, args, kwargs)
         return observe_only
