@@ -134,7 +134,7 @@ class Quartiles:
         self.heights, self.positions, self.desired = self.markers_state.unbind(1)
         self.heights.zero_()
         self.k, self.iqr_floor, self.warmup = (torch.as_tensor(v, dtype=torch.float64, device=device).expand(streams)
-                                               for v in (k, iqr_floor + 0.0, warmup))  # (+ 0.0: no -0.0)
+                                               for v in (k, iqr_floor, warmup))
         self.tau = torch.full((streams,), float("nan"), device=device)
         self.markers = torch.arange(5, device=device)
         self.increments = torch.tensor(self.PROBS, dtype=torch.float64, device=device)
