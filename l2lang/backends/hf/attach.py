@@ -32,7 +32,7 @@ from l2lang.engine.strategy import Strategy
 from l2lang.errors import GenerationError
 
 CAPABILITIES = Capabilities(kv_modes=frozenset({"frozen", "refresh"}), sequence_selection=True,
-                            name="Hugging Face")
+                            name="Hugging Face", reruns_layers=True)
 
 
 class Run:
@@ -188,6 +188,8 @@ class Run:
         def observe_only(*args, **kwargs):  # the least work per layer: most layers are only observed
             output = forward(*args, **kwargs)
             if executor.defer(index, output[0] if isinstance(output, tuple) else output):  # (a decode step)
+                if recorded:
+                    self.layer_calls[index] = (args, kwargs)
                 return output
             return act(output, args, kwargs)
         return observe_only
