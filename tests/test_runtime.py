@@ -160,7 +160,8 @@ def test_detaching_restores_the_model_exactly() -> None:
 
 def test_another_tools_forward_wrapper_stays_inside_and_its_hooks_see_the_acted_on_state(tmp_path: Path) -> None:
     """l2lang wraps a layer's `forward` as it finds it (another tool's wrapper included, put back on exit);
-    a forward hook on that layer sees the state after l2lang's action."""
+    a forward hook on that layer sees the state after l2lang's action, also when later layers are read (so
+    that, on a CPU, the step would otherwise be decided after them)."""
     m, inputs = model("llama", 8), batch([[5, 6, 7]])
     layer = m.model.layers[3]
     calls, seen = [], []
@@ -173,7 +174,7 @@ def test_another_tools_forward_wrapper_stays_inside_and_its_hooks_see_the_acted_
     layer.forward = theirs
     handle = layer.register_forward_hook(lambda module, args, out: seen.append(out[0, -1].norm().item()))
     try:
-        generate(m, inputs, strategy("if norm[3] > 0 suppress clamp 1e-3\n", tmp_path))
+        generate(m, inputs, strategy('if norm[3] > 0 suppress clamp 1e-3\nif norm[5] > 0 mark "x"\n', tmp_path))
     finally:
         handle.remove()
     assert layer.__dict__["forward"] is theirs and calls and max(seen[1:]) <= 1e-3 * (1 + 1e-5)  # (decode steps)

@@ -94,3 +94,25 @@ def test_deciding_after_the_step_equals_deciding_in_place_for_random_strategies(
                                         for speculate in (True, False))
     event("layers ran again" if reruns else "no layer ran again")
     assert_same(settled, in_place)
+
+
+@pytest.mark.parametrize("capture", ["output_hidden_states", "output_attentions"])
+def test_hidden_states_and_attentions_that_generate_returns_are_those_of_deciding_in_place(capture: str,
+                                                                                          monkeypatch) -> None:
+    """What `generate` captures from the layers as they run (`output_hidden_states`, `output_attentions`:
+    transformers' own hooks) shows each layer's state after l2lang's action, as on a GPU."""
+    model, tokenizer = tiny_model("llama", 28), tiny_tokenizer()
+    model.set_attn_implementation("eager")  # (sdpa returns no attention weights)
+    strategy = l2lang.load("alrr", **CASES["alrr"][1])
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True, padding_side="left")
+    captured = []
+    for speculate in (True, False):
+        with monkeypatch.context() as patch:
+            patch.setattr(attach.Run, "capabilities", dataclasses.replace(attach.CAPABILITIES, reruns_layers=speculate))
+            with strategy.attach(model, tokenizer, seed=7) as run:
+                out = model.generate(**batch, max_new_tokens=12, do_sample=False, return_dict_in_generate=True,
+                                     **{capture: True})
+        assert run.report().total() > 0
+        captured.append(out.hidden_states if capture == "output_hidden_states" else out.attentions)
+    for settled, in_place in zip(*captured, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(settled, in_place, strict=True))

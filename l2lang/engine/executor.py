@@ -118,8 +118,9 @@ class Executor:
         return bool(self.needs.get(index, set()) - {"norm"})
 
     # -- steps ---------------------------------------------------------------------------------
-    def begin_step(self, rows: StepRows) -> None:
-        """Start a forward pass over `rows`."""
+    def begin_step(self, rows: StepRows, hold: bool = True) -> None:
+        """Start a forward pass over `rows`. `hold=False`: decide every layer as it runs (`_settle`), as when
+        something else captures the layers' outputs as they run."""
         table = self.table
         self.rows = rows
         if rows.phase == "prefill":
@@ -134,7 +135,7 @@ class Executor:
         self.deferring = rows.phase != "prefill"  # (prompts are long: their norms are taken at once)
         self.deferred: list[tuple[int, torch.Tensor]] = []
         self.holding = False  # whether the step's layers are held and settled after the last (`_settle`)
-        if rows.phase == "decode" and self.skip_idle and self.window:
+        if rows.phase == "decode" and self.skip_idle and self.window and hold:
             self.holding, self.wait = not self.wait, max(self.wait - 1, 0)
         self.held: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
         self.observations: dict[tuple, torch.Tensor] = {}
