@@ -266,9 +266,16 @@ for _model in (Arith, Cmp, Logic, StreakOf, RateOf, ChanceOf, RecursePlan, RuleP
 # ---- walking expressions ------------------------------------------------------------------------
 
 def _children(node: PlanExpr) -> tuple:
-    return getattr(node, "args", ()) or getattr(node, "operands", ()) or \
-        ((node.condition,) if isinstance(node, (StreakOf, RateOf)) else ()) or \
-        ((node.probability,) if isinstance(node, ChanceOf) else ())
+    match node:  # (by type: a pydantic model's missing attribute costs an exception)
+        case Arith(args=args):
+            return args
+        case Cmp(operands=operands) | Logic(operands=operands):
+            return operands
+        case StreakOf(condition=condition) | RateOf(condition=condition):
+            return (condition,)
+        case ChanceOf(probability=probability):
+            return (probability,)
+    return ()
 
 
 def walk(node: PlanExpr):
