@@ -10,7 +10,6 @@ infinite, one request finishing early, through a block runner that changes the s
 
 from __future__ import annotations
 
-import dataclasses
 import random
 
 import pytest
@@ -40,9 +39,7 @@ class Block:
 
 
 class Backend:
-    # (no re-running of layers, so that every layer is decided as it runs: the block runner above does not
-    # give what a layer gives, and tests/test_speculation.py compares deciding after the step on real models)
-    capabilities = dataclasses.replace(CAPABILITIES, reruns_layers=False)
+    capabilities = CAPABILITIES
 
     def block(self, first: int, last: int, kv: str) -> Block:
         return Block()

@@ -160,8 +160,7 @@ def test_detaching_restores_the_model_exactly() -> None:
 
 def test_another_tools_forward_wrapper_stays_inside_and_its_hooks_see_the_acted_on_state(tmp_path: Path) -> None:
     """l2lang wraps a layer's `forward` as it finds it (another tool's wrapper included, put back on exit);
-    a forward hook on that layer sees the state after l2lang's action, also when later layers are read (so
-    that, on a CPU, the step would otherwise be decided after them)."""
+    a forward hook on that layer sees the state after l2lang's action, also when later layers are read."""
     m, inputs = model("llama", 8), batch([[5, 6, 7]])
     layer = m.model.layers[3]
     calls, seen = [], []

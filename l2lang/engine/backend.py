@@ -31,9 +31,6 @@ class Capabilities:
     kv_modes: frozenset[str] = frozenset({"frozen", "refresh"})
     sequence_selection: bool = True  # `sample N` / `select`
     name: str = "backend"
-    # `block(j, j, "refresh")` can re-run any layer the executor hooks, not only a recursion's: on a CPU
-    # the executor then decides a decode step's layers together, after the last one (`Executor.after_layer`)
-    reruns_layers: bool = False
 
     def check(self, plan: Plan) -> None:
         """Raise `UnsupportedError` naming the first construct of `plan` this backend cannot run."""

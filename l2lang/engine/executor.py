@@ -18,9 +18,6 @@ coins of all `chance` slots are drawn together; the finiteness of a layer's norm
 On a CPU, where reading a mask costs nothing, an action whose mask is empty is skipped, and so are
 the operands of an `and` without side effects once no row is left; on a GPU nothing is read back
 during a step: every action runs under its mask, every operand is evaluated (the same results).
-On a CPU, with a backend that can re-run its layers, a decode step's layers are only kept as they run
-and decided together after the last of them (`_settle`), which runs the layers after a changed state
-again (`_rerun`): the same results, with the executor's work out from between the model's layers.
 """
 
 from __future__ import annotations
@@ -71,15 +68,6 @@ class Executor:
         read = set(self.steps_at) | {layer for node in _read_during_step(plan) for layer in _layers_of(node)}
         self.deferrable = frozenset(layer for layer, kinds in self.needs.items()
                                     if layer not in read and layer not in self.block_layers and kinds == {"norm"})
-        # On a CPU, with a backend that can re-run any hooked layer, a decode step's layers from the first
-        # where a rule is read on run first, and are decided together after the last (`_settle`).
-        self.window = range(0)
-        if device.type == "cpu" and backend.capabilities.reruns_layers and plan.schedule:
-            self.window = range(min(self.steps_at), max(self.hooked) + 1)
-            self.block_layers |= frozenset(self.window)
-            self.hooked = tuple(sorted(set(self.hooked) | set(self.window)))
-            self.deferrable -= {self.window[-1]}  # (where the step is settled)
-        self.backoff = self.wait = 0  # decode steps decided in place after a step whose layers ran again
         # Per-step bookkeeping, decided once here rather than by walking the plan every step.
         self.streaks_of = {rule.id: _streak_slots(rule.condition) for rule in plan.rules}
         self.on_fire = {rule.id for rule in plan.rules if rule.cooldown or self.streaks_of[rule.id]}
@@ -118,9 +106,8 @@ class Executor:
         return bool(self.needs.get(index, set()) - {"norm"})
 
     # -- steps ---------------------------------------------------------------------------------
-    def begin_step(self, rows: StepRows, hold: bool = True) -> None:
-        """Start a forward pass over `rows`. `hold=False`: decide every layer as it runs (`_settle`), as when
-        something else captures the layers' outputs as they run."""
+    def begin_step(self, rows: StepRows) -> None:
+        """Start a forward pass over `rows`."""
         table = self.table
         self.rows = rows
         if rows.phase == "prefill":
@@ -134,10 +121,6 @@ class Executor:
             self.steps = steps if rows.phase == "decode" else torch.where(rows.decode, steps, 0)
         self.deferring = rows.phase != "prefill"  # (prompts are long: their norms are taken at once)
         self.deferred: list[tuple[int, torch.Tensor]] = []
-        self.holding = False  # whether the step's layers are held and settled after the last (`_settle`)
-        if rows.phase == "decode" and self.skip_idle and self.window and hold:
-            self.holding, self.wait = not self.wait, max(self.wait - 1, 0)
-        self.held: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
         self.observations: dict[tuple, torch.Tensor] = {}
         self.finite: dict[int, torch.Tensor] = {}
         self.usable: dict[int, torch.Tensor] = {}
@@ -235,51 +218,10 @@ class Executor:
     def after_layer(self, index: int, hidden: torch.Tensor, before: torch.Tensor | None = None) -> torch.Tensor:
         """Observe and act after decoder layer `index` (unless `defer` kept it). `hidden`: its output
         [N, hidden] (the residual stream); `before`: its input, needed when `wants_input(index)`.
-        Returns the (new) output (in a held step, `hidden` itself until the last layer of the window)."""
+        Returns the (new) output."""
         if self.defer(index, hidden):
             return hidden
-        if self.holding:
-            if index in self.needs:
-                self.held.append((index, hidden, before))
-            return self._settle() if index == self.window[-1] else hidden
-        return self._act(index, hidden, before)
-
-    def _settle(self) -> torch.Tensor:
-        """The held layers of a decode step, decided and acted on in order as if each had been at once (their
-        norms taken in one operation). The layers after the first whose state an action changed run again
-        from the changed state; returns the state after the last layer of the window. Running layers again
-        costs more than holding saves, so after such a step the next 1, 3, 7, ... (at most `MAX_BACKOFF`)
-        decode steps are decided in place, and each step settled without it halves that."""
-        held, self.held, self.holding = self.held, [], False
-        norms = l2(torch.stack([h for _, h, _ in held]))
-        finite = norms < math.inf  # (see `_finite`)
-        usable = self.rows.valid & finite
-        for (index, hidden, before), norm, finite_here, usable_here in zip(held, norms, finite, usable):
-            self.finite[index], self.usable[index] = finite_here, usable_here
-            new = self._act(index, hidden, before, norm)
-            if new is not hidden:
-                self.backoff = self.wait = min(2 * self.backoff + 1, MAX_BACKOFF)
-                return self._rerun(index, new)
-        self.backoff //= 2
-        return hidden
-
-    def _rerun(self, changed: int, state: torch.Tensor) -> torch.Tensor:
-        """The layers after `changed` to the end of the window, run again on `state` (each layer's pass
-        replaces its first, K/V included), observed and acted on as they run."""
-        self.deferred = [(index, h) for index, h in self.deferred if index < changed]
-        everyone = torch.ones_like(self.rows.valid)
-        for index in range(changed + 1, self.window[-1] + 1):
-            block = self.backend.block(index, index, "refresh")
-            before, state = state, block.run(state, everyone)
-            block.accept(everyone)
-            block.commit()
-            state = self._act(index, state, before if self.wants_input(index) else None)
-        return state
-
-    def _act(self, index: int, hidden: torch.Tensor, before: torch.Tensor | None,
-             norm: torch.Tensor | None = None) -> torch.Tensor:
-        """`after_layer` for a layer not deferred (`norm`: its norm, when already taken)."""
-        self._observe(index, before, hidden, norm)
+        self._observe(index, before, hidden)
         work = self.steps_at.get(index)
         if work is None:
             return hidden
@@ -341,12 +283,11 @@ class Executor:
         for slot in self.streaks_of[rule.id]:
             self._scatter(table.streaks[slot], 0, effect, rows)
 
-    def _observe(self, index: int, before: torch.Tensor | None, after: torch.Tensor,
-                 norm: torch.Tensor | None = None) -> None:
+    def _observe(self, index: int, before: torch.Tensor | None, after: torch.Tensor) -> None:
         kinds = self.needs.get(index)
         if kinds is None:
             return
-        norm = self.observations[("norm", index)] = l2(after) if norm is None else norm
+        norm = self.observations[("norm", index)] = l2(after)
         if kinds == {"norm"}:
             return
         h = after.float()
@@ -650,7 +591,6 @@ class Executor:
 
 
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
-MAX_BACKOFF = 63  # decode steps (see `Executor._settle`)
 
 
 def _bound(node) -> float:

@@ -17,8 +17,6 @@ the KV cache swapped for a view that freezes or refreshes this position (`l2lang
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import nn
 
@@ -33,9 +31,8 @@ from l2lang.engine.state import request_keys
 from l2lang.engine.strategy import Strategy
 from l2lang.errors import GenerationError
 
-CAPTURED = ("output_hidden_states", "output_attentions")  # what `generate` may capture from each layer
 CAPABILITIES = Capabilities(kv_modes=frozenset({"frozen", "refresh"}), sequence_selection=True,
-                            name="Hugging Face", reruns_layers=True)
+                            name="Hugging Face")
 
 
 class Run:
@@ -68,11 +65,6 @@ class Run:
         vectors = {name: vector_for(v, self.strategy, self.model, self.adapter, self.tokenizer)
                    for name, v in self.plan.vectors.items()}
         self._set_eos(getattr(self.model, "generation_config", None), {})
-        # Hooks of the caller's on a decoder layer see its state after l2lang's action as the layer runs: then
-        # every layer is decided as it runs, not after the step (which would show them first passes).
-        hooked = any(layer._forward_hooks or layer._forward_pre_hooks for layer in self.adapter.layers)
-        self.capabilities = dataclasses.replace(type(self).capabilities, reruns_layers=False) if hooked else \
-            type(self).capabilities
         self.executor = Executor(self.plan, self, vectors, seed=self.seed, hidden_size=self.adapter.hidden_size,
                                  dtype=parameter.dtype, device=parameter.device)
         self.handles.append(self.model.register_forward_pre_hook(self._begin_step, with_kwargs=True))
@@ -161,10 +153,7 @@ class Run:
             self.decode_step += 1
             rows = StepRows(slots=self.request_rows, decode=self.all_decode,
                             valid=self.running, phase="decode", step=self.decode_step)
-            # transformers' own hooks capture what each layer returns as it runs: then no layer is held
-            capturing = any(kwargs[name] if name in kwargs else getattr(self.model.config, name, False)
-                            for name in CAPTURED)
-            executor.begin_step(rows, hold=not capturing)
+            executor.begin_step(rows)
         return None
 
     def _end_step(self, module, args, kwargs, output):
@@ -199,8 +188,6 @@ class Run:
         def observe_only(*args, **kwargs):  # the least work per layer: most layers are only observed
             output = forward(*args, **kwargs)
             if executor.defer(index, output[0] if isinstance(output, tuple) else output):  # (a decode step)
-                if recorded:
-                    self.layer_calls[index] = (args, kwargs)
                 return output
             return act(output, args, kwargs)
         return observe_only
