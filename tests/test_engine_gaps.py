@@ -17,6 +17,7 @@ EVERY_STEP = list(range(1, 11))  # run() generates 11 tokens: decode steps 1..10
     ("norm[6] < 0 or norm[6] > 0", True),
     ("norm[6] > 0 or norm[6] < 0", True),
     ("norm[6] < 0 and norm[6] > 0", False),
+    ("chance(norm[5] + 1)", True),       # a layer read only inside a coin's probability is observed and read
 ])
 def test_arithmetic_and_logic_of_conditions(condition: str, acts: bool, tmp_path) -> None:
     result = run(f'if {condition} mark "m" at 6\n', tmp_path)
