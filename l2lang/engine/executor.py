@@ -77,6 +77,7 @@ class Executor:
         self.table = RequestTable(plan, capacity, hidden_size, dtype, device)
         self.shared_estimators = {e.id: Quartiles(1, device, t.k, t.iqr_floor, t.warmup) for e in plan.estimators
                                   if (t := plan.thresholds[e.threshold]).scope == "shared"}
+        self.batch_sampled = {e.id for e in plan.estimators if plan.thresholds[e.threshold].sample == "batch"}
         self.chance_base = torch.tensor([coin_salts(seed or 0, slot) for slot in range(plan.chance_slots)],
                                         dtype=torch.int64, device=device)
         self.skip_idle = device.type == "cpu"  # reading a mask is free on a CPU, a stall on a GPU
@@ -89,7 +90,9 @@ class Executor:
             _refuse_overflow(plan, name, vector, dtype)
         self.conditions = {rule.id: self._compile_mask(rule.condition, rule.read_layer) for rule in plan.rules}
         self.observables = {e.id: self._compile(e.observable) for e in plan.estimators}
-        self.stops = {id(action): [(mode, self._compile_mask(condition)) for mode, condition in action.stops]
+        # each recursion's `while` and `until` conditions
+        self.stops = {id(action): tuple([self._compile_mask(condition) for mode, condition in action.stops
+                                         if mode == kind] for kind in ("while", "until"))
                       for rule in plan.rules for action in rule.actions if isinstance(action, P.RecursePlan)}
 
     # -- requests ------------------------------------------------------------------------------
@@ -169,13 +172,9 @@ class Executor:
         if table.local:  # every request-scoped estimator in one update
             values = torch.stack([self.observables[e.id](None) for e in table.local])
             table.feed(values, live, None if self.rows.phase == "decode" else self.rows.slots)
-        for est in self.plan.estimators:
-            threshold = self.plan.thresholds[est.threshold]
-            if threshold.scope != "shared":
-                continue
-            value = self.observables[est.id](None).to(torch.float64)
-            shared = self.shared_estimators[est.id]
-            if threshold.sample == "batch":
+        for est_id, shared in self.shared_estimators.items():
+            value = self.observables[est_id](None).to(torch.float64)
+            if est_id in self.batch_sampled:
                 mean = torch.where(live, value, torch.zeros_like(value)).sum() / live.sum().clamp(min=1)
                 shared.add(mean[None], live.any()[None])
             else:
@@ -544,6 +543,7 @@ class Executor:
     def _recurse(self, action: P.RecursePlan, hidden: torch.Tensor, mask: torch.Tensor):
         rows = mask
         accepted = torch.zeros_like(rows)
+        whiles, untils = self.stops[id(action)]
         block = self.backend.block(action.first, action.layer, action.kv)
         base_norm = l2(hidden)
         current = hidden
@@ -554,19 +554,17 @@ class Executor:
             candidate = block.run(current, rows)
             values = _pass_values(candidate, current, base_norm)
             ok = rows & (values["norm"] < math.inf)
-            for mode, condition in self.stops[id(action)]:
-                if mode == "while":
-                    ok = ok & condition(values)
+            for condition in whiles:
+                ok = ok & condition(values)
             updated = current + action.damping * (candidate - current) if action.damping != 1 else candidate
             previous, current = current, torch.where(ok[:, None], updated, current)
             accepted = accepted | ok
             block.accept(ok)
             rows = ok
-            if any(mode == "until" for mode, _ in action.stops):
+            if untils:
                 values = _pass_values(current, previous, base_norm)
-                for mode, condition in self.stops[id(action)]:
-                    if mode == "until":
-                        rows = rows & ~condition(values)
+                for condition in untils:
+                    rows = rows & ~condition(values)
             self.extra_layer_passes += layers
             if done + 1 < action.passes and self._idle(rows):
                 break
