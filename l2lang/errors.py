@@ -56,16 +56,17 @@ class Diagnostic:
     severity: str = "error"
 
     def render(self) -> str:
-        message, hint = _printable(_cut(self.message)), _printable(_cut(self.hint)) if self.hint else None
+        message, hint = printable(_cut(self.message)), printable(_cut(self.hint)) if self.hint else None
+        path = printable(self.path)
         if self.span is None:
-            out = [f"{self.path}: {self.severity}: {message}"]
+            out = [f"{path}: {self.severity}: {message}"]
             return "\n".join(out + ([f"  hint: {hint}"] if hint else []))
         line, column = self.span.line, self.span.column
-        out = [f"{self.path}:{line}:{column}: {self.severity}: {message}"]
+        out = [f"{path}:{line}:{column}: {self.severity}: {message}"]
         if self.span and self.source is not None:
             lines = _lines(self.source)
             if 0 < line <= len(lines):
-                text = _printable(lines[line - 1].removesuffix("\r"))
+                text = printable(lines[line - 1].removesuffix("\r"))
                 width = 1
                 if self.span.end_line == line:
                     width = max(1, self.span.end_column - column)
@@ -78,12 +79,13 @@ class Diagnostic:
         return "\n".join(out)
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """`text` safe to print on a terminal, one character per column: a tab becomes a space, control
-    and format characters (escape sequences, bidi overrides, a stray CR) become `�`."""
+    and format characters (escape sequences, bidi overrides, a stray CR) and lone surrogates (a file
+    name that is not UTF-8) become `�`."""
     if text.isprintable():
         return text
-    return "".join(" " if c == "\t" else "\ufffd" if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c
+    return "".join(" " if c == "\t" else "\ufffd" if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") else c
                    for c in text)
 
 

@@ -12,7 +12,8 @@ COMPARE_OPS = st.sampled_from(["<", "<=", ">", ">=", "==", "!="])
 OBSERVABLES = st.sampled_from(["norm", "growth", "cos"])
 NUMBERS = st.one_of(
     st.integers(min_value=0, max_value=10**9).map(lambda v: ir.Num(value=v)),
-    st.floats(min_value=0, max_value=1e12, allow_nan=False, allow_infinity=False).map(lambda v: ir.Num(value=v)),
+    st.floats(min_value=0, max_value=1e12, allow_nan=False, allow_infinity=False)
+    .filter(lambda v: v == 0 or v >= 1e-300).map(lambda v: ir.Num(value=v)),  # (literals below 1e-300 are refused)
 )
 
 

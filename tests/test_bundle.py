@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import stat
 import struct
@@ -21,6 +22,7 @@ from l2lang.apps.evaluate import parse_arms
 from l2lang.backends.hf.models import folder_sha256
 from l2lang.cli.main import main
 from l2lang.lang import bundle as B
+from l2lang.lang.compose import load_program
 from tests.tiny_models import tiny_model, tiny_tokenizer
 
 MAIN = """\
@@ -320,6 +322,10 @@ HOSTILE = {
     "duplicate": ([STRATEGY, ("strategy/s.l2", b"observe 1\n")], "'strategy/s.l2' appears more than once"),
     "zip bomb": ([STRATEGY, ("strategy/bomb.l2", bytes(16 << 20))], "expands 1"),
     "too many members": ([STRATEGY] + [(f"strategy/{i}.l2", b"") for i in range(300)], "a bundle has at most 256"),
+    "a direction override in a name": ([STRATEGY, ("strategy/\u202egnp.l2", b"x")], "format or direction marks"),
+    "a DEL in a name": ([STRATEGY, ("strategy/a\x7f.l2", b"x")], "has characters a member name may not have"),
+    "a C1 control in a name": ([STRATEGY, ("strategy/a\x9b2J.l2", b"x")], "has characters a member name may not have"),
+    "a line separator in a name": ([STRATEGY, ("strategy/a\u2028.l2", b"x")], "has characters a member name may"),
 }
 
 
@@ -348,6 +354,51 @@ def test_sizes_declared_by_the_archive_are_capped_before_decompressing(tmp_path:
     path = archive(tmp_path / "h.l2b", [STRATEGY, ("strategy/liar.l2", b"observe 0\n")])
     patch_central_directory(path, "strategy/liar.l2", 24, "<I", 5)  # smaller than the data
     assert "member strategy/liar.l2 is corrupt" in refused(capsys, ["check", str(path)])
+
+
+def test_a_directory_or_manifest_larger_than_a_bundle_has_is_refused_before_it_is_read(packed, tmp_path,
+                                                                                       capsys) -> None:
+    path = archive(tmp_path / "h.l2b", [STRATEGY])
+    data = bytearray(path.read_bytes())
+    end = data.rindex(b"PK\x05\x06")
+    struct.pack_into("<I", data, end + 12, B.MAX_DIRECTORY_BYTES + 1)  # the central directory's declared size
+    path.write_bytes(bytes(data))
+    assert f"the archive's directory is {B.MAX_DIRECTORY_BYTES + 1} bytes" in refused(capsys, ["check", str(path)])
+    _, bundle = packed
+    many = resealed(bundle, tmp_path / "m.l2b", lambda m: m["members"].update(
+        {f"strategy/{i}.l2": "0" * 64 for i in range(B.MAX_MEMBERS)}))
+    assert f"members; a bundle has at most {B.MAX_MEMBERS}" in \
+        refused(capsys, ["check", str(many)])
+    deep = b"[" * 10_000 + b"]" * 10_000  # (small enough not to look like a zip bomb)
+    nested = rewrite(bundle, tmp_path / "d.l2b", {"manifest.json": deep},
+                     comment=B.SEAL + hashlib.sha256(deep).hexdigest().encode())
+    assert "manifest.json is nested too deeply" in refused(capsys, ["check", str(nested)])
+    with pytest.raises(L2Error, match="nested too deeply"):
+        load_program(str(nested))
+
+
+def test_packing_never_writes_through_a_planted_link_nor_fails_on_a_name_that_is_not_utf8(tmp_path, capsys) -> None:
+    (tmp_path / "s.l2").write_text('observe 0\n')
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "out.l2b.partial").symlink_to(victim)
+    assert main(["pack", str(tmp_path / "s.l2"), "--out", str(tmp_path / "out.l2b")]) == 0
+    assert victim.read_text() == "precious" and not (tmp_path / "out.l2b").is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.l2b", "out.l2b.partial", "s.l2", "victim.txt"]
+    odd = os.fsencode(str(tmp_path)) + b"/\xff.l2"
+    with open(odd, "wb") as file:
+        file.write(b"observe 0\n")
+    err = refused(capsys, ["pack", os.fsdecode(odd), "--out", str(tmp_path / "odd.l2b")])
+    assert "cannot pack 'strategy/\\udcff.l2': it has characters a member name may not have" in err
+
+
+def test_inspect_shows_the_packers_text_inert(packed, tmp_path, capsys) -> None:
+    _, bundle = packed
+    hostile = resealed(bundle, tmp_path / "e.l2b", lambda m: m.update(l2lang="0.1\x1b]0;PWNED\x07\x1b[2J\u202e"))
+    for json_output in ([], ["--json"]):  # (a valid bundle: only its text is hostile)
+        assert main(["inspect", str(hostile), *json_output]) == 0
+        out = capsys.readouterr().out
+        assert "PWNED" in out and "\x1b" not in out and "\x07" not in out and "\u202e" not in out
 
 
 def test_archives_that_are_not_bundles_get_clean_errors(tmp_path: Path, capsys) -> None:

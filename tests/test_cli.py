@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from l2lang.cli.main import main
 from l2lang.plan import Plan
 from l2lang.resources import shipped_strategies
@@ -63,8 +65,15 @@ def test_fmt_rewrites_to_canonical_form_and_check_mode_reports(tmp_path: Path, c
 
 
 def test_set_with_a_bad_value_is_a_clean_error(capsys) -> None:
-    assert main(["check", CARD, "--set", "tau=lots"]) == 1
-    assert "--set tau=lots: the value must be a number" in capsys.readouterr().err
+    for value in ("lots", "nan", "1_0", "\u0662\u0668", "\u09ea", "0x10"):  # (٢٨, ৪: digits of other scripts)
+        assert main(["check", CARD, "--set", f"tau={value}"]) == 1
+        assert f"--set tau={value}: it is not a number (digits 0-9" in capsys.readouterr().err
+    for value in ("1e400", "-1e-400"):
+        assert main(["check", CARD, "--set", f"tau={value}"]) == 1
+        assert f"--set tau={value}: it is out of range" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["check", CARD, "--layers", "\u0662\u0668"])
+    assert "is not a whole number" in capsys.readouterr().err
     assert main(["check", CARD, "--set", "nope=1"]) == 1
     assert "has no param `nope`" in capsys.readouterr().err
 

@@ -101,7 +101,7 @@ def test_jsonl_and_bigbench_sources(tmp_path: Path) -> None:
     (tmp_path / "bad.jsonl").write_text('{"question": "q"}\n')
     (tmp_path / "bad.json").write_text('{"examples": [{"input": "q"}]}')
     for bad, message in [("bad.jsonl", ":1: error: each line"), ("bad.json", "example 0 needs"),
-                         ("missing.jsonl", "cannot read the task file")]:
+                         ("missing.jsonl", "the task file does not exist")]:
         with pytest.raises(L2Error) as caught:
             load_task(str(tmp_path / bad), 3)
         assert message in caught.value.render()

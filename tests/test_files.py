@@ -170,12 +170,15 @@ BAD_PROFILES = {
     "a string": (json.dumps(profile(4, **{"3": {**profile(4)["layers"]["3"], "p90": "12"}})).encode(),
                  'has p90 = "12" for layer 3, not a finite number'),
     "NaN": (json.dumps(profile(4, **{"0": {**profile(4)["layers"]["0"], "p90": float("nan")}})).encode(),
-            "has p90 = NaN for layer 0, not a finite number"),
+            "is not JSON (`NaN` is not a JSON number)"),
+    "a 400-digit integer": (json.dumps(profile(4)).replace("2.0", "1" + "0" * 400, 1).encode(),
+                            "= Infinity for layer 0, not a finite number"),
+    "nested too deeply": (b'{"layers": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "is nested too deeply"),
     "a bool": (json.dumps(profile(4, **{"0": {**profile(4)["layers"]["0"], "p90": True}})).encode(),
                "has p90 = true for layer 0"),
     "stats not an object": (json.dumps(profile(4, **{"2": [1, 2]})).encode(), "has no object of quantiles for layer 2"),
     "weights not text": (json.dumps({**profile(4), "weights_sha256": 5}).encode(), "has a `weights_sha256` that is not"),
-    "not UTF-8": (b'{"layers": "\xff"}', "is not JSON"),
+    "not UTF-8": (b'{"layers": "\xff"}', "is not UTF-8 text"),
 }
 
 
@@ -231,6 +234,13 @@ BAD_SAFETENSORS = {
                        "holds `v` as I64; a vector must be floating point"),
     "metadata that is not text": (lambda: safetensors_bytes({"__metadata__": {"a": 1}}, b""), "`__metadata__`"),
     "a pickle": (lambda: b"\x80\x04\x95" + bytes(40), "is not a valid safetensors file"),
+    "too many dimensions": (lambda: safetensors_bytes({"v": {"dtype": "F32", "shape": [1] * 17 + [16],
+                                                             "data_offsets": [0, 64]}}, bytes(64)),
+                            "`v` has no valid shape (a list of at most 16 sizes)"),
+    "a huge shape": (lambda: safetensors_bytes({"v": {"dtype": "F32", "shape": [1 << 52] * 16, "data_offsets": [0, 64]}},
+                                               bytes(64)), "its dtype and shape need more than the file has"),
+    "a header nested too deeply": (lambda: struct.pack("<Q", 200_000) + b"[" * 100_000 + b"]" * 100_000,
+                                   "its header is nested too deeply"),
 }
 
 

@@ -61,6 +61,20 @@ def test_empty_prompts_are_refused(model_folder: str, tmp_path: Path, capsys) ->
         generate(loaded.model, loaded.tokenizer, load("baseline"), [""], chat=False, max_new_tokens=2)
 
 
+def test_prompt_and_task_files_that_are_not_regular_text_files_are_refused_without_waiting(
+        model_folder: str, tmp_path: Path, capsys) -> None:
+    fifo = tmp_path / "p.jsonl"
+    os.mkfifo(fifo)  # (reading one would wait for a writer forever)
+    assert main(["run", "baseline", "--model", model_folder, "--prompts", str(fifo)]) == 1
+    assert "p.jsonl: error: the prompts file is a FIFO, not a regular file" in capsys.readouterr().err
+    assert main(["eval", "--model", model_folder, "--strategies", "baseline", "--task", str(fifo),
+                 "--out", str(tmp_path / "out")]) == 1
+    assert "p.jsonl: error: the task file is a FIFO, not a regular file" in capsys.readouterr().err
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"prompt": "caf\xe9"}\n')
+    assert main(["run", "baseline", "--model", model_folder, "--prompts", str(tmp_path / "latin1.jsonl")]) == 1
+    assert "the prompts file is not UTF-8 text" in capsys.readouterr().err
+
+
 def test_prompts_with_lone_surrogates_are_refused(model_folder: str, tmp_path: Path, capsys) -> None:
     assert main(["run", "baseline", "--model", model_folder, "--prompt", "a\udcff"]) == 1
     assert "--prompt is not valid text: character 2 is a lone surrogate" in capsys.readouterr().err
@@ -80,7 +94,10 @@ def test_prompts_with_lone_surrogates_are_refused(model_folder: str, tmp_path: P
     (["run", "baseline", "--prompt", "x", "--temperature", "1", "--top-k", "-1"], "--top-k: -1 is out of range"),
     (["run", "baseline", "--prompt", "x", "--seed", str(2**64)], "--seed: 18446744073709551616 is out of range"),
     (["run", "baseline", "--prompt", "x", "--seed", "-1"], "--seed: -1 is out of range"),
-    (["run", "baseline", "--prompt", "x", "--temperature", "nan"], "--temperature: nan is out of range"),
+    (["run", "baseline", "--prompt", "x", "--temperature", "nan"], "--temperature: 'nan': it is not a number"),
+    (["run", "baseline", "--prompt", "x", "--temperature", "\u0660.\u0665"], "it is not a number (digits 0-9"),
+    (["run", "baseline", "--prompt", "x", "--temperature", "1_0"], "--temperature: '1_0': it is not a number"),
+    (["run", "baseline", "--prompt", "x", "--temperature", "1e-400"], "'1e-400': it is out of range"),
     (["run", "baseline", "--prompt", "x", "--temperature", "1", "--top-p", "1.5"], "--top-p: 1.5 is out of range"),
     (["run", "baseline", "--prompt", "x", "--max-new-tokens", "9" * 5000], "is out of range"),
     (["calibrate", "--prompts", "p.jsonl", "--out", "p.json", "--batch-size", "0"], "--batch-size: 0 is out of range"),
@@ -154,6 +171,22 @@ def test_unknown_reasoning_gym_tasks_list_close_names() -> None:
     with pytest.raises(L2Error) as error:
         load_task("reasoning_gym:chain_summ", 1)
     assert "no task 'chain_summ'" in error.value.render() and "did you mean chain_sum" in error.value.render()
+
+
+@pytest.mark.parametrize("config, message", [
+    ('{"num_hidden_layers": 28, "hidden_size": 1' + "0" * 4250 + "}", "config.json gives hidden size inf"),
+    ('{"num_hidden_layers": 28, "hidden_size": "wide"}', "config.json gives hidden size wide"),
+    ('{"num_hidden_layers": 28, "hidden_size": 10000000}', "hidden size is from 1 to 1048576, not 10000000"),
+    ('{"num_hidden_layers": 28, "x": ' + "[" * 100_000 + "]" * 100_000 + "}", "config.json is nested too deeply"),
+    ('{"num_hidden_layers": NaN}', "config.json is not JSON"),
+])
+def test_a_config_of_impossible_sizes_is_refused_before_any_work(config: str, message: str, tmp_path: Path,
+                                                                  capsys) -> None:
+    (tmp_path / "config.json").write_text(config)
+    (tmp_path / "s.l2").write_text("bank b keep 4096\nif norm[3] > 1 store in b\n")
+    assert main(["check", str(tmp_path / "s.l2"), "--model", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
 
 
 @pytest.mark.parametrize("config", ["[1, 2]", '{"text_config": 5}', '{"num_hidden_layers": true}',

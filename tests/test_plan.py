@@ -58,7 +58,7 @@ def test_overrides_and_their_precedence(tmp_path: Path) -> None:
     assert compile_plan(program, 8).rules[0].condition.operands[1].value == 3
     with pytest.raises(L2Error, match="no param `b.k`"):
         program_from(tmp_path, 'use "inner.l2" as a\n', **{"b.k": "3"})
-    with pytest.raises(L2Error, match="must be a number"):
+    with pytest.raises(L2Error, match="it is not a number"):
         program_from(tmp_path, 'use "inner.l2" as a\n', **{"a.k": "many"})
 
 

@@ -20,6 +20,8 @@ from typing import Callable
 
 from l2lang.engine.answers import normalise, same_number
 from l2lang.errors import L2Error
+from l2lang.lang.files import read_text_file
+from l2lang.lang.parser import command_line_number
 
 INSTRUCTION = "Think step by step, then end with a final line 'Answer: <answer>'."
 
@@ -98,12 +100,9 @@ def parse_task(spec: str) -> tuple[str, dict]:
         if not sep:
             raise L2Error.one(f"--task {spec}: `{item}` is not k=v", path="<command line>")
         try:
-            config[key] = int(value)
+            config[key] = command_line_number(value)
         except ValueError:
-            try:
-                config[key] = float(value)
-            except ValueError:
-                config[key] = value
+            config[key] = value
     return parts[0], config
 
 
@@ -121,27 +120,20 @@ def _reasoning_gym(spec: str, n: int, seed: int) -> Task:
         raise L2Error.one(f"--task {spec}: reasoning-gym has no task {name!r}", path="<command line>",
                           hint=f"did you mean {', '.join(near)}?" if near else
                           f"its {len(DATASETS)} tasks include {', '.join(sorted(DATASETS)[:8])}, ...")
-    try:
+    try:  # (reasoning-gym raises ValueError, TypeError, KeyError, OverflowError, ... for values it cannot use)
         dataset = reasoning_gym.create_dataset(name, size=n, seed=seed, **config)
-    except Exception as exc:  # reasoning-gym raises ValueError/TypeError/KeyError for bad config keys
+        entries = list(dataset)
+    except Exception as exc:
         raise L2Error.one(f"--task {spec}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
                           path="<command line>") from None
-    entries = list(dataset)
     items = [Item(str(i), e["question"], (str(e["answer"]),), _prompt(e["question"])) for i, e in enumerate(entries)]
     return Task(spec, items, lambda index, text: dataset.score_answer(text, entries[index]))
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeError) as exc:
-        raise L2Error.one(f"cannot read the task file: {exc}", path=str(path)) from None
 
 
 def _bigbench_examples(path: Path) -> list[tuple[str, tuple[str, ...]]]:
     """(question, accepted answers) from a BIG-bench task.json; options listed for multiple choice."""
     try:
-        examples = json.loads(_read_text(path))["examples"]
+        examples = json.loads(read_text_file(str(path), "the task file"))["examples"]
     except (ValueError, KeyError, TypeError, IndexError, RecursionError):
         raise L2Error.one('not a BIG-bench task.json: expected an object with "examples"', path=str(path)) from None
     if not isinstance(examples, list):
@@ -172,7 +164,7 @@ def _bigbench_examples(path: Path) -> list[tuple[str, tuple[str, ...]]]:
 
 def _jsonl_examples(path: Path) -> list[tuple[str, tuple[str, ...]]]:
     out = []
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+    for number, line in enumerate(read_text_file(str(path), "the task file").splitlines(), start=1):
         if not line.strip():
             continue
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from l2lang.errors import L2Error
+from l2lang.errors import L2Error, printable
 from l2lang.lang.bundle import is_bundle_path
 from l2lang.lang.compose import load_program
 
@@ -23,7 +23,8 @@ def run(args: argparse.Namespace) -> int:
     bundle = load_program(args.file, allow_other_model=True).bundle  # verifies every member and the fingerprint
     manifest = bundle.manifest
     if args.json:
-        print(json.dumps({"id": bundle.id, "manifest": manifest.model_dump()}, indent=2, ensure_ascii=False))
+        # (ASCII, every other character \u-escaped: escape sequences in the packer's text stay inert)
+        print(json.dumps({"id": bundle.id, "manifest": manifest.model_dump()}, indent=2))
         return 0
     model = manifest.model
     lines = [f"bundle {args.file}", f"id          {bundle.id}",
@@ -38,5 +39,5 @@ def run(args: argparse.Namespace) -> int:
     width = max(map(len, manifest.members))
     lines += [f"  {name:<{width}}  {digest}  {len(bundle.members[name])}" for name, digest in manifest.members.items()]
     lines.append("verified    the seal, every member's sha256 and the strategy's fingerprint")
-    print("\n".join(lines))
+    print("\n".join(printable(line) for line in lines))  # (the manifest's text is the packer's, untrusted)
     return 0

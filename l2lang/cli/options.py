@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from l2lang.errors import L2Error
+from l2lang.lang.files import read_text_file
+from l2lang.lang.parser import command_line_number
 from l2lang.paths import exists, is_folder
 
 MAX_SEED = 2**63 - 1  # seeds of the strategy's coins and of sampling (torch takes 64 bits)
@@ -40,10 +42,10 @@ def number(low: float, high: float = math.inf, *, above: bool = False) -> Callab
 
     def parse(text: str) -> float:
         try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not math.isfinite(value) or value < low or value > high or (above and value == low):
+            value = command_line_number(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{_short(text)!r}: {exc}") from None
+        if value < low or value > high or (above and value == low):
             bound = (f"in ({low:g}, {high:g}]" if above else f"from {low:g} to {high:g}") if high < math.inf \
                 else f"above {low:g}" if above else f"at least {low:g}"
             raise argparse.ArgumentTypeError(f"{_short(text)} is out of range: it must be {bound}")
@@ -59,7 +61,7 @@ def _short(text: str) -> str:
 def model_shape_options(parser: argparse.ArgumentParser) -> None:
     """`--layers N | --model M`: the shape a plan is compiled for, without loading weights."""
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--layers", type=int, metavar="N", help="the model's number of decoder layers")
+    group.add_argument("--layers", type=whole(1), metavar="N", help="the model's number of decoder layers")
     group.add_argument("--model", metavar="M", help="built-in model alias or local HF folder")
 
 
@@ -182,10 +184,7 @@ def read_prompts(args) -> list[str]:
     if getattr(args, "prompt", None) is not None:
         return [_prompt_text(args.prompt, "--prompt", "<command line>")]
     path = Path(args.prompts)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeError) as exc:
-        raise L2Error.one(f"cannot read prompts: {exc}", path=str(path)) from None
+    lines = read_text_file(str(path), "the prompts file").splitlines()
     prompts = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():

@@ -25,6 +25,8 @@ import os
 import re
 import stat
 import struct
+import tempfile
+import unicodedata
 import zipfile
 import zlib
 from collections import Counter
@@ -34,7 +36,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from l2lang.errors import CheckError, CompileError, L2Error
-from l2lang.lang.files import LIMITS, FileRef, FileRefused, FileRoot, read_regular
+from l2lang.lang.files import LIMITS, FileRef, FileRefused, FileRoot, parse_json, read_regular
+from l2lang.lang.parser import command_line_number
 
 FORMAT = "l2lang-bundle/1"
 SUFFIXES = (".l2b", ".zip")
@@ -44,6 +47,8 @@ SEAL = b"l2lang-bundle sha256:"
 MAX_MEMBERS = 256
 MAX_MEMBER_BYTES = 64 << 20
 MAX_TOTAL_BYTES = 256 << 20
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_DIRECTORY_BYTES = MAX_MEMBERS * 1024  # a directory record: 46 bytes, a name of at most 255, extra fields
 MAX_RATIO = 100           # uncompressed / compressed size, for members over RATIO_FLOOR bytes
 RATIO_FLOOR = 64 << 10
 PACK_HINT = "make bundles with `l2lang pack STRATEGY --out FILE.l2b`"
@@ -172,8 +177,9 @@ class BundleRoot(FileRoot):
 def member_name_problem(name: str) -> str | None:
     """Why `name` is not a safe member name (None if it is): relative, `/`-separated, in a known area."""
     parts = name.split("/")
-    if not name or len(name) > 255 or any(ord(c) < 32 or c in "\\:" for c in name):
-        return "it has characters a member name may not have"
+    if not name or len(name) > 255 or any(c in "\\:" or unicodedata.category(c)[0] == "C" or
+                                          unicodedata.category(c) in ("Zl", "Zp") for c in name):
+        return "it has characters a member name may not have (controls, format or direction marks, `\\`, `:`)"
     if name.startswith("/"):
         return "it is absolute"
     if any(part in ("", ".", "..") for part in parts):
@@ -192,6 +198,10 @@ def open_bundle(path: str, *, allow_other_model: bool = False) -> Bundle:
         data = read_regular(path, LIMITS["bundle"])
     except FileRefused as exc:
         raise refuse(f"the bundle {exc.reason}", exc.hint) from None
+    directory = _directory_bytes(data)
+    if directory is not None and directory > MAX_DIRECTORY_BYTES:
+        raise refuse(f"the archive's directory is {directory} bytes: more than a bundle of at most {MAX_MEMBERS} "
+                     "members has")
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         infos = archive.infolist()
@@ -201,18 +211,18 @@ def open_bundle(path: str, *, allow_other_model: bool = False) -> Bundle:
     if MANIFEST not in names:
         raise refuse(f"not an l2lang bundle: the archive has no {MANIFEST}", PACK_HINT)
     _check_members(infos, refuse)
-    members = {info.filename: _read_member(archive, info, refuse) for info in infos}
-    manifest_bytes = members.pop(MANIFEST)
-    identity = bundle_id(manifest_bytes)
     comment = archive.comment
     if not comment.startswith(SEAL):
         raise refuse("the archive is not sealed as an l2lang bundle (its comment is not `l2lang-bundle sha256:…`)",
                      PACK_HINT)
+    manifest_bytes = _read_member(archive, archive.getinfo(MANIFEST), refuse)
+    identity = bundle_id(manifest_bytes)
     if comment[len(SEAL):].decode("ascii", "replace") != identity:
         raise refuse(f"{MANIFEST} was changed after packing: its sha256 is {identity[:16]}…, the bundle was sealed "
                      f"as {comment[len(SEAL):len(SEAL) + 16].decode('ascii', 'replace')}…",
                      "use the bundle as it was published, or pack it again from its strategy")
     manifest = _parse_manifest(manifest_bytes, refuse)
+    members = {info.filename: _read_member(archive, info, refuse) for info in infos if info.filename != MANIFEST}
     unlisted, missing = sorted(set(members) - set(manifest.members)), sorted(set(manifest.members) - set(members))
     if unlisted:
         raise refuse(f"member {unlisted[0]} is not listed in {MANIFEST}: the bundle was changed after packing")
@@ -224,6 +234,22 @@ def open_bundle(path: str, *, allow_other_model: bool = False) -> Bundle:
             raise refuse(f"member {name} was changed after packing: its sha256 is {actual[:16]}…, the manifest "
                          f"says {manifest.members[name][:16]}…", "use the bundle as it was published")
     return Bundle(path, identity, manifest, members, allow_other_model)
+
+
+def _directory_bytes(data: bytes) -> int | None:
+    """The size of the archive's central directory as its end record declares it (zip64's where it defers
+    to that), read before `zipfile` builds an entry for each of its records; None if there is no end record
+    (then `zipfile` refuses the archive)."""
+    end = data.rfind(b"PK\x05\x06", max(0, len(data) - 22 - 0xFFFF))
+    if end < 0 or len(data) < end + 22:
+        return None
+    size = struct.unpack_from("<I", data, end + 12)[0]
+    locator = end - 20
+    if size == 0xFFFFFFFF and locator >= 0 and data[locator:locator + 4] == b"PK\x06\x07":
+        record = struct.unpack_from("<Q", data, locator + 8)[0]
+        if data[record:record + 4] == b"PK\x06\x06" and len(data) >= record + 48:
+            size = struct.unpack_from("<Q", data, record + 40)[0]
+    return size
 
 
 def _check_members(infos: list[zipfile.ZipInfo], refuse) -> None:
@@ -247,8 +273,9 @@ def _check_members(infos: list[zipfile.ZipInfo], refuse) -> None:
             raise refuse(f"member {name} is encrypted")
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             raise refuse(f"member {name} uses a compression a bundle does not (only stored or deflated)")
-        if info.file_size > MAX_MEMBER_BYTES:
-            raise refuse(f"member {name} is {info.file_size} bytes; the limit is {MAX_MEMBER_BYTES}")
+        limit = MAX_MANIFEST_BYTES if name == MANIFEST else MAX_MEMBER_BYTES
+        if info.file_size > limit:
+            raise refuse(f"member {name} is {info.file_size} bytes; the limit is {limit}")
         if info.file_size > RATIO_FLOOR and info.file_size > MAX_RATIO * max(info.compress_size, 1):
             raise refuse(f"member {name} expands {info.file_size // max(info.compress_size, 1)} times when "
                          f"decompressed (the limit is {MAX_RATIO}): refusing a possible zip bomb")
@@ -270,11 +297,13 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, refuse) -> byt
 
 def _parse_manifest(data: bytes, refuse) -> Manifest:
     try:
-        raw = json.loads(data.decode("utf-8"))
-    except (UnicodeError, ValueError):
-        raise refuse(f"{MANIFEST} is not JSON") from None
+        raw = parse_json(data)
+    except FileRefused as exc:
+        raise refuse(f"{MANIFEST} {exc.reason}") from None
     if not isinstance(raw, dict):
         raise refuse(f"{MANIFEST} is not a JSON object")
+    if isinstance(raw.get("members"), dict) and len(raw["members"]) > MAX_MEMBERS:
+        raise refuse(f"{MANIFEST} lists {len(raw['members'])} members; a bundle has at most {MAX_MEMBERS}")
     if raw.get("format") != FORMAT:
         raise refuse(f"{MANIFEST} has format {json.dumps(raw.get('format'))[:40]}; this l2lang reads {FORMAT}",
                      "a newer l2lang may read it" if str(raw.get("format", "")).startswith("l2lang-bundle/") else None)
@@ -293,6 +322,11 @@ def _parse_manifest(data: bytes, refuse) -> Manifest:
     for vector, member in manifest.derived.items():
         if member not in manifest.members or not member.startswith("derived/"):
             raise refuse(f"{MANIFEST} stores vector `{vector}` in {member!r}: not a derived member")
+    for name, value in manifest.overrides.items():
+        try:
+            command_line_number(value)
+        except ValueError as exc:
+            raise refuse(f"{MANIFEST} freezes {name}={value[:40]}: {exc}") from None
     if manifest.model is not None and not _SHA256.fullmatch(manifest.model.weights_sha256):
         raise refuse(f"{MANIFEST} gives no valid weights sha256 for {manifest.model.id}")
     return manifest
@@ -304,6 +338,10 @@ def write_bundle(out: str, manifest: Manifest, files: dict[str, bytes]) -> tuple
 
     The archive is reproducible: members in name order, fixed timestamps and permissions.
     """
+    for name in files:
+        problem = member_name_problem(name)
+        if problem:
+            raise CheckError.one(f"cannot pack {name!r}: {problem}", path=out)
     manifest = manifest.model_copy(update={"members": {name: hashlib.sha256(data).hexdigest()
                                                        for name, data in sorted(files.items())}})
     text = manifest.to_bytes()
@@ -311,22 +349,22 @@ def write_bundle(out: str, manifest: Manifest, files: dict[str, bytes]) -> tuple
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         for name, data in [(MANIFEST, text), *sorted(files.items())]:
-            problem = member_name_problem(name)
-            if problem:
-                raise CheckError.one(f"cannot pack {name!r}: {problem}", path=out)
             info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             info.create_system = 3  # unix: the mode below is a regular file's
             info.external_attr = (stat.S_IFREG | 0o644) << 16
             archive.writestr(info, data)
         archive.comment = SEAL + identity.encode("ascii")
-    partial = f"{out}.partial"
-    try:
-        with open(partial, "wb") as handle:
-            handle.write(buffer.getvalue())
+    partial = None
+    try:  # a new file of our own beside `out` (never one planted there), then renamed over it
+        handle, partial = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", suffix=".partial",
+                                           dir=os.path.dirname(out) or ".")
+        with os.fdopen(handle, "wb") as file:
+            file.write(buffer.getvalue())
+        os.chmod(partial, 0o644)
         os.replace(partial, out)
     except OSError as exc:
-        if os.path.isfile(partial):
+        if partial is not None and os.path.lexists(partial):
             os.remove(partial)
         raise CheckError.one(f"cannot write the bundle: {(exc.strerror or str(exc)).lower()}", path=out) from None
     return identity, manifest

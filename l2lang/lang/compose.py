@@ -19,7 +19,7 @@ from l2lang.lang.bundle import Bundle, is_bundle_path, open_bundle
 from l2lang.lang.files import FileRef, FileRefused, file_argument, shipped_file
 from l2lang.lang.format import expr as format_expr
 from l2lang.lang.limits import MAX_PROGRAM_BYTES, MAX_UNITS, MAX_USE_DEPTH
-from l2lang.lang.parser import ascii_name, decode_source, parse
+from l2lang.lang.parser import ascii_name, command_line_number, decode_source, parse
 from l2lang.resources import shipped_strategies
 
 Value = int | float
@@ -142,12 +142,9 @@ def _qualified_override(key: str) -> str:
 
 def _parse_value(key: str, text: str) -> Value:
     try:
-        value = float(text)
-    except ValueError:
-        raise CheckError.one(f"--set {key}={text}: the value must be a number", path="<command line>") from None
-    if value != value or abs(value) == float("inf"):
-        raise CheckError.one(f"--set {key}={text}: the value must be finite", path="<command line>")
-    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
+        return command_line_number(text)
+    except ValueError as exc:
+        raise CheckError.one(f"--set {key}={text}: {exc}", path="<command line>") from None
 
 
 def constant(expr: ir.Expr, unit: Unit, what: str) -> Value:

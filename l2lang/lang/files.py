@@ -14,6 +14,7 @@ is refused from its `stat`, and opening never blocks); sizes are capped before r
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 import stat
@@ -21,11 +22,13 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
+from l2lang.errors import L2Error
 from l2lang.lang.parser import MAX_FILE_BYTES
 from l2lang.resources import shipped_strategies, strategies_dir
 
 # The most bytes read for each kind of file.
-LIMITS = {"strategy": MAX_FILE_BYTES, "profile": 4 << 20, "vectors": 64 << 20, "bundle": 256 << 20}
+LIMITS = {"strategy": MAX_FILE_BYTES, "profile": 4 << 20, "vectors": 64 << 20, "bundle": 256 << 20,
+          "data": 256 << 20}  # (data: prompts and task files)
 
 
 class FileRefused(Exception):
@@ -194,6 +197,17 @@ def read_regular(path: str, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def read_text_file(path: str, what: str) -> str:
+    """A data file the user names (prompts, tasks) as UTF-8 text: a regular file of at most `LIMITS["data"]`
+    bytes (a FIFO or a device is refused, never waited on), else an `L2Error` naming it."""
+    try:
+        return read_regular(path, LIMITS["data"]).decode("utf-8")
+    except FileRefused as exc:
+        raise L2Error.one(f"{what} {exc.reason}", path=path) from None
+    except UnicodeError:
+        raise L2Error.one(f"{what} is not UTF-8 text", path=path) from None
+
+
 def _no_such(exc: OSError) -> str:
     if isinstance(exc, FileNotFoundError):
         return "does not exist"
@@ -210,3 +224,32 @@ def _what(mode: int) -> str:
     if stat.S_ISSOCK(mode):
         return "a socket"
     return "a special file"
+
+
+def parse_json(data: bytes | str) -> object:
+    """Untrusted JSON (profiles, safetensors headers, manifests, model configs) → Python values, or
+    `FileRefused` saying why not: not UTF-8, not JSON, nested too deeply, or a number JSON does not have
+    (`NaN`, `Infinity`). An integer too long to be exact as a float is read as a float (so one of 400
+    digits is `inf`, which callers refuse as any non-finite number), never converted digit by digit.
+    A leading byte-order mark is allowed."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return json.loads(text.removeprefix("\ufeff"), parse_constant=_no_constant, parse_int=_json_int)
+    except UnicodeError:
+        raise FileRefused("is not UTF-8 text") from None
+    except RecursionError:
+        raise FileRefused("is nested too deeply to be read") from None
+    except ValueError as exc:
+        raise FileRefused(f"is not JSON ({exc})" if isinstance(exc, _NotJSON) else "is not JSON") from None
+
+
+class _NotJSON(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> float:
+    raise _NotJSON(f"`{name}` is not a JSON number")
+
+
+def _json_int(text: str) -> int | float:
+    return int(text) if len(text.lstrip("-")) <= 18 else float(text)

@@ -20,6 +20,7 @@ MAX_UNITS = 64                    # units of a program: the root file and one pe
 MAX_PROGRAM_BYTES = 16 * 1024     # source text of every unit of a program together (so: of the parses too)
 MAX_PLAN_ITEMS = 10_000           # rules, actions, layers and expression nodes a program compiles to
 MAX_LAYERS = 1024                 # decoder layers of a model a plan is compiled for
+MAX_HIDDEN_SIZE = 1 << 20         # hidden size of a model a plan is compiled for
 MAX_BANK_KEEP = 4096              # states one bank keeps per request and layer
 MAX_BANK_BYTES = 64 * 1024 * 1024  # every bank's states together, per request, at 4 bytes per value
 MAX_SHOWN_ERRORS = 20             # diagnostics printed for one failure; the rest are counted

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import re
 import unicodedata
 from collections.abc import Iterator
 
@@ -103,12 +104,26 @@ def decode_source(text: str | bytes, path: str) -> str:
     if source.startswith("\ufeff"):
         source = source[1:]
     if "\0" in source:
-        offset = source.index("\0")
-        line = source.count("\n", 0, offset) + 1
-        column = offset - (source.rfind("\n", 0, offset) + 1) + 1
-        raise StrategySyntaxError.one("file contains a NUL byte: it is not a text file", Span.at(line, column),
-                          path=path, source=source)
+        raise StrategySyntaxError.one("file contains a NUL byte: it is not a text file",
+                                      _span_at(source, source.index("\0")), path=path, source=source)
+    hidden = _HIDDEN_CONTROL.search(source)
+    if hidden:
+        char = hidden.group()
+        raise StrategySyntaxError.one(
+            f"character U+{ord(char):04X} ({unicodedata.name(char, 'a control character')}) is not allowed, not "
+            "even in strings or comments: it can make a file display otherwise than it reads",
+            _span_at(source, hidden.start()), path=path, source=source, hint="delete it")
     return source
+
+
+def _span_at(source: str, offset: int) -> Span:
+    line = source.count("\n", 0, offset) + 1
+    return Span.at(line, offset - (source.rfind("\n", 0, offset) + 1) + 1)
+
+
+# Control characters but tab, newline, CR and form feed, and the bidirectional-text controls (the
+# "Trojan Source" characters): text a terminal or an editor shows otherwise than the parser reads it.
+_HIDDEN_CONTROL = re.compile("[\x01-\x08\x0b\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def _syntax_error(exc: UnexpectedInput, source: str, path: str) -> StrategySyntaxError:
@@ -163,6 +178,8 @@ def lookalike_hint(text: str) -> str | None:
             return f"{char!r} is {name} (U+{ord(char):04X}), not the ASCII `{plain}`: type `{plain}`"
         if char.isspace():
             return f"{char!r} is {name} (U+{ord(char):04X}): use an ordinary space"
+        if char.isdigit():
+            return f"{char!r} is {name} (U+{ord(char):04X}): write numbers with the digits 0-9"
         return (f"{char!r} is {name} (U+{ord(char):04X}); outside strings and comments l2lang reads ASCII, "
                 "`·` and Greek letters")
     return None
@@ -229,6 +246,11 @@ def _collect_comments(source: str) -> dict[int, str]:
     return comments
 
 
+# Greek letters that look like Latin ones: in a name they would make two names look the same.
+LATIN_LOOKALIKES = dict(zip("\u0391\u0392\u0395\u0396\u0397\u0399\u039a\u039c\u039d\u039f\u03a1\u03a4\u03a5\u03a7"
+                            "\u03bf\u037f", "ABEZHIKMNOPTYXoJ"))
+
+
 def ascii_name(name: str) -> str:
     """`τ` → `tau`: Greek letters in names are spelled out, so both spellings name one thing."""
     out = []
@@ -238,10 +260,19 @@ def ascii_name(name: str) -> str:
             continue
         if not _greek_letter(char):
             raise StrategySyntaxError.one(f"character {char!r} cannot be part of a name", hint=lookalike_hint(char))
-        words = unicodedata.name(char).split()
-        spelled = "_".join(words[3:]).lower().replace("lamda", "lambda")
-        out.append(spelled.capitalize() if words[1] == "CAPITAL" else spelled)
+        if char in LATIN_LOOKALIKES:
+            raise StrategySyntaxError.one(
+                f"character {char!r} ({unicodedata.name(char)}) looks like the Latin `{LATIN_LOOKALIKES[char]}`",
+                hint=f"write `{LATIN_LOOKALIKES[char]}`, or spell the Greek letter out (`{_spelled(char)}`)")
+        out.append(_spelled(char))
     return "".join(out)
+
+
+def _spelled(letter: str) -> str:
+    """A Greek letter's name: `τ` → `tau`, `Δ` → `Delta`."""
+    words = unicodedata.name(letter).split()
+    spelled = "_".join(words[3:]).lower().replace("lamda", "lambda")
+    return spelled.capitalize() if words[1] == "CAPITAL" else spelled
 
 
 def _span(meta) -> Span | None:
@@ -270,7 +301,27 @@ def _number(token: Token) -> int | float:
     value = float(text)
     if value != value or value in (float("inf"), float("-inf")) or abs(value) > 1e300:
         raise StrategySyntaxError.one(f"number {_shorten(text)} is too large (at most 1e300)", _token_span(token))
+    if abs(value) < 1e-300 and text.lower().split("e")[0].strip("0.") != "":
+        raise StrategySyntaxError.one(f"number {_shorten(text)} is too small: it would be read as "
+                                      f"{'0' if value == 0 else f'{value:g}'} (at least 1e-300, or 0)",
+                                      _token_span(token))
     return value
+
+
+_COMMAND_LINE_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def command_line_number(text: str) -> int | float:
+    """A number given outside a strategy file (`--set k=V`, an arm's `name:k=V`, numeric options), read as
+    strategy files read numbers: ASCII digits only (no other script's digits, no `_`, no `nan`), finite,
+    not so small that it would be 0, and a whole number when written without a point or an exponent.
+    Raises `ValueError` saying why not."""
+    if len(text) > 400 or not _COMMAND_LINE_NUMBER.fullmatch(text):
+        raise ValueError("it is not a number (digits 0-9, an optional point and exponent)")
+    value = float(text)
+    if abs(value) > 1e300 or (abs(value) < 1e-300 and text.lower().split("e")[0].strip("+-0.") != ""):
+        raise ValueError("it is out of range (a magnitude from 1e-300 to 1e300, or 0)")
+    return int(text) if text.lstrip("+-").isdigit() else value
 
 
 def _shorten(text: str, keep: int = 24) -> str:
@@ -318,10 +369,10 @@ class _ToIR(Transformer):
 
     # -- declarations ---------------------------------------------------------------------------
     def param(self, meta, c):
-        return ir.Param(name=self._name(c[0]), value=c[1], span=_span(meta))
+        return ir.Param(name=self._declared(c[0], "param"), value=c[1], span=_span(meta))
 
     def threshold(self, meta, c):
-        return ir.Threshold(name=self._name(c[0]), source=c[1], span=_span(meta))
+        return ir.Threshold(name=self._declared(c[0], "threshold"), source=c[1], span=_span(meta))
 
     def fixed_source(self, meta, c):
         return ir.FixedSource(value=c[0], span=_span(meta))
@@ -339,7 +390,7 @@ class _ToIR(Transformer):
         return ir.CalibratedSource(profile=_string(c[0]), options=c[1] or (), span=_span(meta))
 
     def vector(self, meta, c):
-        return ir.Vector(name=self._name(c[0]), source=c[1], span=_span(meta))
+        return ir.Vector(name=self._declared(c[0], "vector"), source=c[1], span=_span(meta))
 
     def vector_source(self, meta, c):  # only reached if the grammar grows an unaliased form
         return c[0]
@@ -354,11 +405,11 @@ class _ToIR(Transformer):
         return tuple(_string(t) for t in c)
 
     def bank(self, meta, c):
-        return ir.Bank(name=self._name(c[0]), capacity=c[1], span=_span(meta))
+        return ir.Bank(name=self._declared(c[0], "bank"), capacity=c[1], span=_span(meta))
 
     def use(self, meta, c):
         target = _string(c[0]) if c[0].type == "STRING" else str(c[0])
-        alias = self._name(c[1]) if c[1] else None
+        alias = self._declared(c[1], "`use` alias") if c[1] else None
         return ir.Use(target=target, alias=alias, overrides=c[2] or (), span=_span(meta))
 
     def assignments(self, meta, c):
@@ -372,7 +423,7 @@ class _ToIR(Transformer):
 
     # -- rules ----------------------------------------------------------------------------------
     def for_rule(self, meta, c):
-        return ir.ForRule(var=self._name(c[0]), layers=c[1], rule=c[2], span=_span(meta))
+        return ir.ForRule(var=self._declared(c[0], "`for` variable"), layers=c[1], rule=c[2], span=_span(meta))
 
     def rule(self, meta, c):
         condition, rest = c[0], c[1:]
@@ -546,6 +597,15 @@ class _ToIR(Transformer):
 
     def retrieve(self, meta, c):
         return ir.Retrieve(bank=self._name(c[0]), options=c[1] or (), span=_span(meta))
+
+    @classmethod
+    def _declared(cls, token: Token, what: str) -> str:
+        """A name a declaration gives: not a reserved word (in a declaration the grammar would take one)."""
+        name = cls._name(token)
+        if name in keywords():
+            raise StrategySyntaxError.one(f"`{name}` is a reserved word: it cannot name a {what}", _token_span(token),
+                                          hint=f"choose another name, such as `{name}_`")
+        return name
 
     @staticmethod
     def _name(token: Token) -> str:

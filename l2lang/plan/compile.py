@@ -22,7 +22,7 @@ from l2lang.lang.check import (
 from l2lang.lang.compose import Program, Unit, constant
 from l2lang.lang.files import FileRef, FileRefused
 from l2lang.lang.format import expr as show
-from l2lang.lang.limits import MAX_BANK_BYTES, MAX_LAYERS, MAX_PLAN_ITEMS
+from l2lang.lang.limits import MAX_BANK_BYTES, MAX_HIDDEN_SIZE, MAX_LAYERS, MAX_PLAN_ITEMS
 from l2lang.plan.datafiles import (
     Profile,
     parse_profile,
@@ -301,8 +301,14 @@ class Compiler:
         if isinstance(source, ir.TableSource):
             if qualified not in self.tables:
                 self.spend(len(source.entries))
-                self.tables[qualified] = {self.layer(_Context(unit), k): float(constant(v, unit, "table entry"))
-                                          for k, v in source.entries}
+                table = {}
+                for key, value in source.entries:
+                    at = self.layer(_Context(unit), key)
+                    if at in table:
+                        raise self.fail(unit, f"threshold `{name}` gives layer {at} twice", key.span,
+                                        hint="keep one entry per layer")
+                    table[at] = float(constant(value, unit, "table entry"))
+                self.tables[qualified] = table
                 self.thresholds[qualified] = ThresholdPlan(name=qualified, source="table",
                                                            values=self.tables[qualified])
             table = self.tables[qualified]
@@ -603,4 +609,7 @@ def compile_plan(program: Program, layers: int, hidden_size: int | None = None,
     check_program(program)
     if not 1 <= layers <= MAX_LAYERS:
         raise CompileError.one(f"a model has from 1 to {MAX_LAYERS} layers, not {layers}", path="<command line>")
+    if hidden_size is not None and not 1 <= hidden_size <= MAX_HIDDEN_SIZE:
+        raise CompileError.one(f"a model's hidden size is from 1 to {MAX_HIDDEN_SIZE}, not {hidden_size}",
+                               path="<command line>")
     return Compiler(program, layers, hidden_size, weights_sha256).compile()

@@ -14,7 +14,7 @@ import re
 import struct
 from dataclasses import dataclass
 
-from l2lang.lang.files import FileRefused
+from l2lang.lang.files import FileRefused, parse_json
 from l2lang.plan.nodes import QUANTILE_KEYS
 
 PROFILE_HINT = "make one with `l2lang calibrate --model M --prompts FILE.jsonl --out PROFILE.json`"
@@ -24,6 +24,7 @@ DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2
                "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 MAX_HEADER_BYTES = 1 << 20
+MAX_DIMENSIONS = 16  # of one tensor (so checking its size against its data is cheap)
 _LAYER_KEY = re.compile(r"0|[1-9][0-9]{0,5}")
 
 
@@ -39,9 +40,9 @@ class Profile:
 def parse_profile(data: bytes) -> Profile:
     """Validate a profile (`l2lang calibrate`'s JSON): layers 0..n-1, every quantile, finite numbers."""
     try:
-        profile = json.loads(data.decode("utf-8"))
-    except (UnicodeError, ValueError):
-        raise FileRefused("is not JSON: not an l2lang calibration profile", hint=PROFILE_HINT) from None
+        profile = parse_json(data)
+    except FileRefused as exc:
+        raise FileRefused(f"{exc.reason}: not an l2lang calibration profile", hint=PROFILE_HINT) from None
     if not isinstance(profile, dict) or not isinstance(profile.get("layers"), dict) or not profile["layers"]:
         raise FileRefused("has no `layers` object: not an l2lang calibration profile", hint=PROFILE_HINT)
     for field in ("model", "weights_sha256"):
@@ -92,9 +93,9 @@ def parse_safetensors(data: bytes) -> dict[str, Tensor]:
     if length > min(len(data) - 8, MAX_HEADER_BYTES):
         raise refuse(f"its header length ({length} bytes) runs past the end of the file")
     try:
-        header = json.loads(data[8:8 + length].decode("utf-8"))
-    except (UnicodeError, ValueError):
-        raise refuse("its header is not JSON") from None
+        header = parse_json(data[8:8 + length])
+    except FileRefused as exc:
+        raise refuse(f"its header {exc.reason}") from None
     if not isinstance(header, dict):
         raise refuse("its header is not a JSON object")
     metadata = header.pop("__metadata__", {})
@@ -107,14 +108,15 @@ def parse_safetensors(data: bytes) -> dict[str, Tensor]:
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
         if dtype not in DTYPE_BYTES:
             raise refuse(f"`{name}` has dtype {json.dumps(dtype)[:20]}, which safetensors does not define")
-        if not isinstance(shape, list) or not all(_count(d) for d in shape):
-            raise refuse(f"`{name}` has no valid shape (a list of sizes)")
+        if not isinstance(shape, list) or len(shape) > MAX_DIMENSIONS or not all(_count(d) for d in shape):
+            raise refuse(f"`{name}` has no valid shape (a list of at most {MAX_DIMENSIONS} sizes)")
         if not isinstance(offsets, list) or len(offsets) != 2 or not all(_count(o) for o in offsets) or \
                 offsets[0] > offsets[1]:
             raise refuse(f"`{name}` has no valid data_offsets ([begin, end])")
         size = math.prod(shape) * DTYPE_BYTES[dtype]
         if offsets[1] - offsets[0] != size:
-            raise refuse(f"`{name}` spans {offsets[1] - offsets[0]} bytes; its dtype and shape need {size}")
+            need = size if size < 1 << 64 else "more than the file has"
+            raise refuse(f"`{name}` spans {offsets[1] - offsets[0]} bytes; its dtype and shape need {need}")
         tensors[name] = Tensor(dtype, tuple(shape), offsets[0], offsets[1])
     end = 0
     for tensor in sorted(tensors.values(), key=lambda t: (t.begin, t.end)):

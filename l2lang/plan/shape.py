@@ -7,11 +7,11 @@ real weights (GGUF packages, hub ids) belongs to the runtime.
 from __future__ import annotations
 
 import difflib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from l2lang.errors import L2Error
+from l2lang.lang.files import FileRefused, parse_json, read_regular
 from l2lang.paths import exists, is_file, is_folder
 
 
@@ -31,19 +31,23 @@ ALIASES = {
 
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 _HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model")
+CONFIG_LIMIT = 4 << 20  # bytes of a config.json
 
 
 def shape_from_config(config: object, name: str) -> ModelShape:
     """Read layers and hidden size from a HF config dict (multimodal ones nest a `text_config`)."""
     if not isinstance(config, dict):
-        raise L2Error.one(f"{name}: config.json is not a JSON object", path=name)
+        raise L2Error.one("config.json is not a JSON object", path=name)
     text = config.get("text_config") or config
     if not isinstance(text, dict):
-        raise L2Error.one(f"{name}: config.json's text_config is not a JSON object", path=name)
+        raise L2Error.one("config.json's text_config is not a JSON object", path=name)
     layers = next((text[k] for k in _LAYER_KEYS if _count(text.get(k))), None)
-    hidden = next((text[k] for k in _HIDDEN_KEYS if _count(text.get(k))), None)
+    hidden = next((text[k] for k in _HIDDEN_KEYS if text.get(k) is not None), None)
+    if hidden is not None and not _count(hidden):
+        raise L2Error.one(f"config.json gives hidden size {str(hidden)[:40]}, not a whole number above 0",
+                          path=name)
     if layers is None:
-        raise L2Error.one(f"{name}: config.json gives no layer count (a whole number above 0 as "
+        raise L2Error.one(f"config.json gives no layer count (a whole number above 0 as "
                           f"{', '.join(_LAYER_KEYS)})", path=name)
     return ModelShape(name, layers, hidden)
 
@@ -63,11 +67,9 @@ def resolve_shape(model: str | None, layers: int | None) -> ModelShape | None:
     config = Path(model) / "config.json"
     if is_file(config):
         try:
-            return shape_from_config(json.loads(config.read_text(encoding="utf-8")), model)
-        except (ValueError, UnicodeError, RecursionError):
-            raise L2Error.one(f"{config}: not valid JSON", path=model) from None
-        except OSError as exc:
-            raise L2Error.one(f"{config}: cannot read it ({exc.strerror or exc})", path=model) from None
+            return shape_from_config(parse_json(read_regular(str(config), CONFIG_LIMIT)), model)
+        except FileRefused as exc:
+            raise L2Error.one(f"{config} {exc.reason}", path=model, hint=exc.hint) from None
     refused = not_a_model(model, list(ALIASES))
     if refused is not None:
         raise refused
