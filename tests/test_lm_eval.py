@@ -181,7 +181,9 @@ def test_model_arguments_and_generation_arguments_are_checked() -> None:
                           ({"pretrained": "m", "strategy": "s", "backend": "tgi"}, "backend=tgi"),
                           ({"pretrained": "m", "strategy": "s", "batch_size": "auto"}, "fixed batch size"),
                           ({"pretrained": "m", "strategy": "s", "dtype": "float8"}, "dtype=float8"),
-                          ({"pretrained": "m", "strategy": "s", "seed": -1}, "seed=-1")]:
+                          ({"pretrained": "m", "strategy": "s", "seed": -1}, "seed=-1"),
+                          ({"pretrained": "m", "strategy": "s", "seed": "9" * 5000}, "seed=9+.*must be a whole"),
+                          ({"pretrained": "m", "strategy": "s", "seed": "\u0667"}, "must be a whole number")]:
         with pytest.raises(L2Error, match=message):
             read_settings(args)
     greedy = GenerationSettings.read({"until": "Q:", "max_new_tokens": 5, "temperature": 0.7, "do_sample": False}, 256)
