@@ -97,7 +97,7 @@ def test_prompts_with_lone_surrogates_are_refused(model_folder: str, tmp_path: P
     (["run", "baseline", "--prompt", "x", "--temperature", "nan"], "--temperature: 'nan': it is not a number"),
     (["run", "baseline", "--prompt", "x", "--temperature", "\u0660.\u0665"], "it is not a number (digits 0-9"),
     (["run", "baseline", "--prompt", "x", "--temperature", "1_0"], "--temperature: '1_0': it is not a number"),
-    (["run", "baseline", "--prompt", "x", "--temperature", "1e-400"], "'1e-400': it is out of range"),
+    (["run", "baseline", "--prompt", "x", "--temperature", "1e-400"], "'1e-400': it is too small"),
     (["run", "baseline", "--prompt", "x", "--temperature", "1", "--top-p", "1.5"], "--top-p: 1.5 is out of range"),
     (["run", "baseline", "--prompt", "x", "--max-new-tokens", "9" * 5000], "is out of range"),
     (["calibrate", "--prompts", "p.jsonl", "--out", "p.json", "--batch-size", "0"], "--batch-size: 0 is out of range"),

@@ -53,6 +53,9 @@ MAX_RATIO = 100           # uncompressed / compressed size, for members over RAT
 RATIO_FLOOR = 64 << 10
 PACK_HINT = "make bundles with `l2lang pack STRATEGY --out FILE.l2b`"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# characters no member name has: controls, format (bidi) characters, surrogates, private and unassigned
+# code points, line and paragraph separators
+UNSAFE_CATEGORIES = ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
 
 
 class PackedModel(BaseModel):
@@ -177,8 +180,7 @@ class BundleRoot(FileRoot):
 def member_name_problem(name: str) -> str | None:
     """Why `name` is not a safe member name (None if it is): relative, `/`-separated, in a known area."""
     parts = name.split("/")
-    if not name or len(name) > 255 or any(c in "\\:" or unicodedata.category(c)[0] == "C" or
-                                          unicodedata.category(c) in ("Zl", "Zp") for c in name):
+    if not name or len(name) > 255 or any(c in "\\:" or unicodedata.category(c) in UNSAFE_CATEGORIES for c in name):
         return "it has characters a member name may not have (controls, format or direction marks, `\\`, `:`)"
     if name.startswith("/"):
         return "it is absolute"

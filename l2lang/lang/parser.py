@@ -299,13 +299,20 @@ def _number(token: Token) -> int | float:
                                           _token_span(token))
         return int(text)
     value = float(text)
-    if value != value or value in (float("inf"), float("-inf")) or abs(value) > 1e300:
-        raise StrategySyntaxError.one(f"number {_shorten(text)} is too large (at most 1e300)", _token_span(token))
-    if abs(value) < 1e-300 and text.lower().split("e")[0].strip("0.") != "":
-        raise StrategySyntaxError.one(f"number {_shorten(text)} is too small: it would be read as "
-                                      f"{'0' if value == 0 else f'{value:g}'} (at least 1e-300, or 0)",
-                                      _token_span(token))
+    problem = _magnitude_problem(text, value)
+    if problem:
+        raise StrategySyntaxError.one(f"number {_shorten(text)} is {problem}", _token_span(token))
     return value
+
+
+def _magnitude_problem(text: str, value: float) -> str | None:
+    """Why the number written `text` (read as `value`) is out of l2lang's range, or None: beyond 1e300, or
+    below 1e-300 without being 0 (where a float would silently turn it into 0 or lose its digits)."""
+    if not abs(value) <= 1e300:
+        return "too large (at most 1e300)"
+    if abs(value) < 1e-300 and text.lower().split("e")[0].strip("+-0.") != "":
+        return "too small (apart from 0, at least 1e-300)"
+    return None
 
 
 _COMMAND_LINE_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
@@ -319,8 +326,9 @@ def command_line_number(text: str) -> int | float:
     if len(text) > 400 or not _COMMAND_LINE_NUMBER.fullmatch(text):
         raise ValueError("it is not a number (digits 0-9, an optional point and exponent)")
     value = float(text)
-    if abs(value) > 1e300 or (abs(value) < 1e-300 and text.lower().split("e")[0].strip("+-0.") != ""):
-        raise ValueError("it is out of range (a magnitude from 1e-300 to 1e300, or 0)")
+    problem = _magnitude_problem(text, value)
+    if problem:
+        raise ValueError(f"it is {problem}")
     return int(text) if text.lstrip("+-").isdigit() else value
 
 
