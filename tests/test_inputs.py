@@ -275,3 +275,19 @@ def test_a_closed_pipe_ends_the_command_quietly(tmp_path: Path) -> None:
     process.stdout.close()  # as `| head -1` does
     err = process.stderr.read().decode()
     assert process.wait(timeout=120) == 141 and err == "", err
+
+
+def test_outputs_replace_a_link_planted_at_their_name_instead_of_writing_through_it(model_folder: str,
+                                                                                     tmp_path: Path) -> None:
+    """Every file a command writes goes through `paths.write_new`: a new file of its own, renamed over the name."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "trace"
+    out.mkdir()
+    for name in ("norms.jsonl", "norms.csv", "report.html"):
+        (out / name).symlink_to(victim)
+    assert main(["trace", "baseline", "--model", model_folder, "--prompt", "x", "--max-new-tokens", "2",
+                 "--out", str(out)]) == 0
+    assert victim.read_text() == "precious"
+    assert all((out / name).is_file() and not (out / name).is_symlink() for name in ("norms.jsonl", "norms.csv"))
+    assert not list(out.glob(".*.partial"))

@@ -16,6 +16,7 @@ import torch
 from l2lang.apps.progress import progress
 from l2lang.backends.base import Backend
 from l2lang.engine.strategy import Strategy, observe_only
+from l2lang.paths import write_new
 from l2lang.plan import QUANTILE_KEYS
 
 PROFILE_FORMAT = "l2lang-profile/1"
@@ -52,4 +53,4 @@ def calibrate(backend: Backend, prompts: list[str], *, max_new_tokens: int = 64,
 
 
 def write_profile(profile: dict, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(profile, indent=2) + "\n", encoding="utf-8")
+    write_new(path, json.dumps(profile, indent=2) + "\n")

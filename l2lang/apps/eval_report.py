@@ -11,18 +11,19 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from l2lang.apps.evaluate import markdown_table
+from l2lang.paths import write_new
 
 
 def write_report(rows: list[dict], settings: dict, folder: str | Path) -> None:
     folder = Path(folder)
     table = markdown_table(rows)
-    (folder / "summary.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
-    (folder / "results.md").write_text(f"{_caption(settings)}\n\n{table}\n", encoding="utf-8")
+    write_new(folder / "summary.json", json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
+    write_new(folder / "results.md", f"{_caption(settings)}\n\n{table}\n")
     environment = Environment(loader=PackageLoader("l2lang", "templates"), autoescape=select_autoescape(["html"]))
     html = environment.get_template("eval.html").render(
         settings=settings, rows=rows, chart=base64.b64encode(_bar_chart(rows, settings)).decode(),
         reference=next(r["strategy"] for r in rows if "delta" not in r))
-    (folder / "report.html").write_text(html, encoding="utf-8")
+    write_new(folder / "report.html", html)
 
 
 def _caption(settings: dict) -> str:

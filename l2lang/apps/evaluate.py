@@ -27,6 +27,7 @@ from l2lang.engine.generation import Generation
 from l2lang.engine.strategy import Strategy
 from l2lang.errors import L2Error
 from l2lang.lang.compose import load_program
+from l2lang.paths import write_new
 
 
 @dataclass
@@ -155,7 +156,7 @@ def evaluate(backend: Backend, arms: list[Arm], task: Task, out: str | Path, *, 
     bundles = {arm.label: arm.strategy.program.bundle.record() for arm in arms if arm.strategy.program.bundle}
     if bundles:
         settings["bundles"] = bundles
-    (folder / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+    write_new(folder / "settings.json", json.dumps(settings, indent=2) + "\n")
     rescore_results(folder, key, task)
     return run_records(folder, key, arms, task), settings
 
@@ -200,12 +201,7 @@ def rescore_results(folder: str | Path, run: str, task: Task, *, every: bool = F
             records[n] = rescored(record, task, position[record["item"]])
             changed += records[n] != record
     if changed:
-        draft = path.with_name(path.name + ".rescoring")
-        with draft.open("w", encoding="utf-8") as sink:
-            sink.write("".join(json.dumps(r) + "\n" for r in records))
-            sink.flush()
-            os.fsync(sink.fileno())
-        os.replace(draft, path)
+        write_new(path, "".join(json.dumps(r) + "\n" for r in records))
     return changed
 
 

@@ -25,6 +25,7 @@ from l2lang.backends.base import Backend
 from l2lang.engine.generation import Generation
 from l2lang.engine.strategy import Strategy, observe_only
 from l2lang.lang.compose import Program
+from l2lang.paths import write_new
 
 STEP_BY_STEP = " Think step by step, then give the answer."
 DIRECT = " Give only the answer, with no explanation."
@@ -71,16 +72,15 @@ def token_rows(result: Generation, backend: Backend) -> list[dict]:
 
 
 def _write_tables(rows: list[dict], folder: Path, layers: int) -> None:
-    with open(folder / "norms.jsonl", "w", encoding="utf-8") as handle:
-        for row in rows:
-            finite = [v if math.isfinite(v) else None for v in row["norms"]]  # JSON has no inf or nan
-            handle.write(json.dumps({**row, "norms": finite}, ensure_ascii=False) + "\n")
-    with open(folder / "norms.csv", "w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["request", "phase", "step", "token", "marks"] + [f"layer_{i}" for i in range(layers)])
-        for row in rows:
-            writer.writerow([row["request"], row["phase"], row["step"], row["token"], " ".join(row["marks"])]
-                            + row["norms"])
+    finite = ({**row, "norms": [v if math.isfinite(v) else None for v in row["norms"]]} for row in rows)
+    write_new(folder / "norms.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in finite))
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(["request", "phase", "step", "token", "marks"] + [f"layer_{i}" for i in range(layers)])
+    for row in rows:
+        writer.writerow([row["request"], row["phase"], row["step"], row["token"], " ".join(row["marks"])]
+                        + row["norms"])
+    write_new(folder / "norms.csv", table.getvalue())
 
 
 def _threshold_by_layer(plan) -> dict[int, float]:
@@ -168,7 +168,7 @@ def _report(rows: list[dict], result, prompts: list[str], heatmap: bytes, fig1: 
         plan=plan, prompts=prompts, requests=[[r for r in decode if r["request"] == i] for i in range(len(prompts))],
         late=f"{late[0]}..{late[-1]}", interventions=result.report.interventions,
         heatmap=base64.b64encode(heatmap).decode(), fig1=base64.b64encode(fig1).decode())
-    path.write_text(html, encoding="utf-8")
+    write_new(path, html)
 
 
 def _save(figure, path: Path) -> bytes:
@@ -179,5 +179,5 @@ def _save(figure, path: Path) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
     plt.close(figure)
-    path.write_bytes(buffer.getvalue())
+    write_new(path, buffer.getvalue())
     return buffer.getvalue()

@@ -21,11 +21,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 import stat
 import struct
-import tempfile
 import unicodedata
 import zipfile
 import zlib
@@ -38,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from l2lang.errors import CheckError, CompileError, L2Error
 from l2lang.lang.files import LIMITS, FileRef, FileRefused, FileRoot, parse_json, read_regular
 from l2lang.lang.parser import command_line_number
+from l2lang.paths import write_new
 
 FORMAT = "l2lang-bundle/1"
 SUFFIXES = (".l2b", ".zip")
@@ -357,16 +356,8 @@ def write_bundle(out: str, manifest: Manifest, files: dict[str, bytes]) -> tuple
             info.external_attr = (stat.S_IFREG | 0o644) << 16
             archive.writestr(info, data)
         archive.comment = SEAL + identity.encode("ascii")
-    partial = None
-    try:  # a new file of our own beside `out` (never one planted there), then renamed over it
-        handle, partial = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", suffix=".partial",
-                                           dir=os.path.dirname(out) or ".")
-        with os.fdopen(handle, "wb") as file:
-            file.write(buffer.getvalue())
-        os.chmod(partial, 0o644)
-        os.replace(partial, out)
+    try:
+        write_new(out, buffer.getvalue())
     except OSError as exc:
-        if partial is not None and os.path.lexists(partial):
-            os.remove(partial)
         raise CheckError.one(f"cannot write the bundle: {(exc.strerror or str(exc)).lower()}", path=out) from None
     return identity, manifest
