@@ -80,7 +80,7 @@ def read_records(path: Path) -> list[dict]:
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
         data = data[: data.rfind(b"\n") + 1]
-        path.write_bytes(data)
+        write_new(path, data)
     records = []
     for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
         if not line.strip():
