@@ -4,6 +4,7 @@ numbers, output paths, task files, model folders and names, Ctrl-C and closed pi
 from __future__ import annotations
 
 import os
+import shutil
 import platform
 import signal
 import subprocess
@@ -291,3 +292,22 @@ def test_outputs_replace_a_link_planted_at_their_name_instead_of_writing_through
     assert victim.read_text() == "precious"
     assert all((out / name).is_file() and not (out / name).is_symlink() for name in ("norms.jsonl", "norms.csv"))
     assert not list(out.glob(".*.partial"))
+
+
+def test_names_and_files_that_would_act_on_a_terminal_or_block_are_made_harmless(model_folder: str, tmp_path: Path,
+                                                                                 capsys) -> None:
+    odd = tmp_path / "e\x1b]0;T\x07.l2"
+    odd.write_text("observe 0\n")
+    assert main(["check", str(odd), "--layers", "4"]) == 0
+    assert "\x1b" not in capsys.readouterr().out
+    folder = tmp_path / "model"
+    shutil.copytree(model_folder, folder)
+    os.mkfifo(folder / "extra.safetensors")  # (hashing it would wait for a writer forever)
+    assert main(["run", "baseline", "--model", str(folder), "--prompt", "x", "--max-new-tokens", "1"]) == 1
+    assert "extra.safetensors is not a regular file" in capsys.readouterr().err
+    out = tmp_path / "trace"
+    (out / "norms.csv").mkdir(parents=True)  # a folder where a file is written: a clean error
+    assert main(["trace", "baseline", "--model", model_folder, "--prompt", "x", "--max-new-tokens", "1",
+                 "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "norms.csv" in err and "error:" in err and "Traceback" not in err

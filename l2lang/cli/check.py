@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from l2lang.cli.options import model_shape_options, parse_sets, set_option
-from l2lang.errors import L2Error
+from l2lang.errors import L2Error, printable
 from l2lang.lang.check import check_program
 from l2lang.lang.compose import load_program
 from l2lang.plan import compile_plan
@@ -37,5 +37,5 @@ def run(args) -> int:
             print(exc.render(), file=sys.stderr)
             continue
         where = f" for {shape.name}" if shape else ""
-        print(f"{file}: ok{where} (fingerprint {program.fingerprint})")
+        print(printable(f"{file}: ok{where} (fingerprint {program.fingerprint})"))
     return 1 if failures else 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from l2lang.cli.options import model_shape_options, parse_sets, set_option
+from l2lang.errors import printable
 from l2lang.lang.check import check_program
 from l2lang.lang.compose import load_program
 from l2lang.plan import compile_plan
@@ -24,8 +25,13 @@ def run(args) -> int:
     shape = resolve_shape(args.model, args.layers)
     if shape is None:
         check_program(program)
-        print(explain_text(program, None))
+        print(_shown(explain_text(program, None)))
         return 0
     plan = compile_plan(program, shape.layers, shape.hidden_size)
-    print(plan.to_json() if args.json else explain_text(program, plan))
+    print(plan.to_json() if args.json else _shown(explain_text(program, plan)))
     return 0
+
+
+def _shown(text: str) -> str:
+    """The explanation with what files named in it bring (tensor names, paths) made inert, line by line."""
+    return "\n".join(printable(line) for line in text.split("\n"))

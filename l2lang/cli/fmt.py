@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from l2lang.errors import L2Error
+from l2lang.errors import L2Error, printable
 from l2lang.lang.bundle import is_bundle_path
 from l2lang.lang.compose import read_strategy
 from l2lang.lang.files import file_argument
@@ -35,9 +35,9 @@ def run(args) -> int:
         if formatted == source:
             continue
         if args.check:
-            print(f"{file}: would be reformatted", file=sys.stderr)
+            print(printable(f"{file}: would be reformatted"), file=sys.stderr)
             status = 1
         else:
-            path.write_text(formatted, encoding="utf-8")
-            print(f"{file}: formatted")
+            path.write_text(formatted, encoding="utf-8")  # (through a link: formatting a linked file edits it)
+            print(printable(f"{file}: formatted"))
     return status

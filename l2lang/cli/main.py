@@ -23,7 +23,7 @@ from l2lang.cli import (
     run,
     trace,
 )
-from l2lang.errors import L2Error
+from l2lang.errors import L2Error, printable
 
 COMMANDS = (check, fmt, explain, run, trace, calibrate, eval, pack, inspect_bundle)
 
@@ -53,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _drop_stdout()
         return 141
+    except OSError as exc:  # a file the system would not let l2lang read or write (a folder, no permission, ...)
+        if args.debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(printable(f"{where}error: {(exc.strerror or str(exc)).lower()}"), file=sys.stderr)
+        return 1
 
 
 def _drop_stdout() -> None:

@@ -212,6 +212,8 @@ def folder_sha256(folder: Path) -> str:
     """Hash of the weight files of a HF folder, in name order."""
     digest = hashlib.sha256()
     for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        if not is_file(path):  # (after links: a FIFO or a device would block or never end)
+            raise L2Error.one(f"{path.name} is not a regular file: a weight file must be one", path=str(folder))
         digest.update(path.name.encode())
         digest.update(file_sha256(path).encode())
     return digest.hexdigest()
