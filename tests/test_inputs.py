@@ -4,8 +4,8 @@ numbers, output paths, task files, model folders and names, Ctrl-C and closed pi
 from __future__ import annotations
 
 import os
-import shutil
 import platform
+import shutil
 import signal
 import subprocess
 import sys
