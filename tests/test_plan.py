@@ -169,3 +169,14 @@ def test_values_known_only_for_a_model_are_range_checked_when_compiled_for_it(tm
     check_program(program)  # nothing to fold without the model's layers
     with pytest.raises(L2Error, match=message.replace("(", r"\(").replace(")", r"\)")):
         compile_plan(program, 8)
+
+
+def test_hidden_sizes_outside_1_to_the_limit_are_refused_at_compile() -> None:
+    from l2lang.lang.limits import MAX_HIDDEN_SIZE
+
+    program = load_program("baseline")
+    for hidden in (1, MAX_HIDDEN_SIZE):
+        assert compile_plan(program, 4, hidden).layers == 4
+    for hidden in (0, -5, MAX_HIDDEN_SIZE + 1):
+        with pytest.raises(L2Error, match=f"hidden size is from 1 to {MAX_HIDDEN_SIZE}, not {hidden}"):
+            compile_plan(program, 4, hidden)
