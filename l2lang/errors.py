@@ -89,6 +89,11 @@ def printable(text: str) -> str:
                    for c in text)
 
 
+def printable_lines(text: str) -> str:
+    """`printable` for each line of a text of several."""
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
 def _cut(text: str) -> str:
     if len(text) <= SHOWN_MESSAGE:
         return text

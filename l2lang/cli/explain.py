@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from l2lang.cli.options import model_shape_options, parse_sets, set_option
-from l2lang.errors import printable
+from l2lang.errors import printable_lines
 from l2lang.lang.check import check_program
 from l2lang.lang.compose import load_program
 from l2lang.plan import compile_plan
@@ -25,13 +25,8 @@ def run(args) -> int:
     shape = resolve_shape(args.model, args.layers)
     if shape is None:
         check_program(program)
-        print(_shown(explain_text(program, None)))
+        print(printable_lines(explain_text(program, None)))  # (names a file brings, such as tensors', inert)
         return 0
     plan = compile_plan(program, shape.layers, shape.hidden_size)
-    print(plan.to_json() if args.json else _shown(explain_text(program, plan)))
+    print(plan.to_json() if args.json else printable_lines(explain_text(program, plan)))
     return 0
-
-
-def _shown(text: str) -> str:
-    """The explanation with what files named in it bring (tensor names, paths) made inert, line by line."""
-    return "\n".join(printable(line) for line in text.split("\n"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from l2lang.errors import L2Error, printable
+from l2lang.errors import L2Error, printable_lines
 from l2lang.lang.bundle import is_bundle_path
 from l2lang.lang.compose import load_program
 
@@ -39,5 +39,5 @@ def run(args: argparse.Namespace) -> int:
     width = max(map(len, manifest.members))
     lines += [f"  {name:<{width}}  {digest}  {len(bundle.members[name])}" for name, digest in manifest.members.items()]
     lines.append("verified    the seal, every member's sha256 and the strategy's fingerprint")
-    print("\n".join(printable(line) for line in lines))  # (the manifest's text is the packer's, untrusted)
+    print(printable_lines("\n".join(lines)))  # (the manifest's text is the packer's, untrusted)
     return 0

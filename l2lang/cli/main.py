@@ -23,7 +23,7 @@ from l2lang.cli import (
     run,
     trace,
 )
-from l2lang.errors import L2Error, printable
+from l2lang.errors import L2Error
 
 COMMANDS = (check, fmt, explain, run, trace, calibrate, eval, pack, inspect_bundle)
 
@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a file the system would not let l2lang read or write (a folder, no permission, ...)
         if args.debug:
             raise
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(printable(f"{where}error: {(exc.strerror or str(exc)).lower()}"), file=sys.stderr)
+        print(L2Error.one((exc.strerror or str(exc)).lower(), path=str(exc.filename or "l2lang")).render(),
+              file=sys.stderr)
         return 1
 
 
